@@ -1,0 +1,64 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The project's one measuring instrument: ``python -m sim.bench <block> [options] [--json]``.
+
+Every block adds a sub-command as a module in this package that defines
+
+* ``HELP``: a one-line description,
+* ``add_arguments(parser)``: its options,
+* ``run(args) -> dict``: runs the measurement (in simulation) and returns the figures.
+
+The figures are printed as one JSON object with ``--json``, or as an aligned table without it.
+Sub-commands are discovered from the package's modules, so adding a block needs no edit here.
+"""
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+
+__all__ = ["main", "commands"]
+
+
+def commands():
+    """Mapping of sub-command name to its module, discovered from this package."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "run") and hasattr(module, "add_arguments"):
+            found[info.name] = module
+    return dict(sorted(found.items()))
+
+
+def _print_table(result, file):
+    width = max((len(k) for k in result), default=0)
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        elif isinstance(value, (list, dict)):
+            value = json.dumps(value)
+        print(f"{key:<{width}}  {value}", file=file)
+
+
+def main(argv=None):
+    """Run the bench command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="block", metavar="block", required=True)
+    for name, module in commands().items():
+        p = sub.add_parser(name, help=getattr(module, "HELP", ""))
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    args = parser.parse_args(argv)
+    try:
+        result = args._module.run(args)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_table(result, sys.stdout)
+    return 0
