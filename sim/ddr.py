@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """A behavioural AXI4 subordinate (slave) memory for the Amaranth simulator."""
 
-import random
 from collections import deque
 from dataclasses import dataclass
 
@@ -11,11 +10,45 @@ from amaranth.lib import wiring
 
 from hdl.axi import AXI4Signature, Burst, Resp
 
-__all__ = ["DDRAccessError", "DDRStats", "DDRModel"]
+__all__ = ["DDRAccessError", "DDRStats", "DDRModel", "SplitMix64"]
 
 
 class DDRAccessError(AssertionError):
     """A burst the model cannot serve: outside the memory, unaligned, or not a full-width INCR."""
+
+
+class SplitMix64:
+    """The jitter and stall random number generator of :class:`DDRModel` (splitmix64).
+
+    A deliberately tiny generator, so that other implementations of the DDR model (the C++ one
+    of :mod:`sim.verilator`) produce the same sequence for the same seed, bit for bit.
+
+    Parameters
+    ----------
+    seed : int
+        Initial state; taken modulo 2**64.
+    """
+
+    _MASK = (1 << 64) - 1
+
+    def __init__(self, seed):
+        self.state = seed & self._MASK
+
+    def next(self):
+        """Return the next 64-bit output."""
+        mask = self._MASK
+        self.state = z = (self.state + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    def below(self, n):
+        """Return an integer in ``0..n-1``: ``next() % n`` (bias about n / 2**64)."""
+        return self.next() % n
+
+    def random(self):
+        """Return a float in [0, 1): the top 53 bits of :meth:`next` times 2**-53."""
+        return (self.next() >> 11) * (1.0 / (1 << 53))
 
 
 @dataclass
@@ -90,7 +123,10 @@ class DDRModel:
     jitter : int
         Maximum extra latency per burst, in cycles.
     seed : int
-        Seed of the jitter and stall RNG.
+        Seed of the jitter and stall RNG (a :class:`SplitMix64`). Each burst's jitter is
+        ``below(jitter + 1)``, drawn when its AR is accepted or its last W beat arrives; a
+        stall is ``random() < p_addr_stall``, drawn for AR then AW in every cycle out of reset
+        (no draw when ``jitter`` or ``p_addr_stall`` is 0).
     max_outstanding : int
         Bursts the model queues per direction.
     p_addr_stall : float
@@ -194,7 +230,7 @@ class DDRModel:
         bus, sig, nb = self._bus, self._sig, self._nbytes
         dw, aw_, id_mask = sig.data_width, sig.addr_width, (1 << sig.id_width) - 1
         okay = Resp.OKAY.value
-        rng = random.Random(self.seed)
+        rng = SplitMix64(self.seed)
         stats = self.stats = DDRStats()
         bpc = self.bytes_per_cycle
         capacity = max(bpc, nb)
@@ -216,7 +252,7 @@ class DDRModel:
                     (bits >> (aw_ + 11)) & 3, (bits >> (aw_ + 13)) & id_mask)
 
         def jitter():
-            return rng.randint(0, self.jitter) if self.jitter else 0
+            return rng.below(self.jitter + 1) if self.jitter else 0
 
         # What the model drives; it is not sampled back, which saves simulator time.
         rvalid = bvalid = arready = awready = wready = 0
