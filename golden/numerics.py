@@ -99,7 +99,7 @@ class Numerics:
     operand_bits: int = 18
     softmax_lanes: int = 8
     softmax_logit_frac: int = 16
-    softmax_scale_frac: int = 16
+    softmax_scale_frac: int = 20
     exp_frac: int = 18
     exp_table_bits: int = 8
     recip_table_bits: int = 8

@@ -117,7 +117,8 @@ def _softmax_cases(fmt, rng, lanes):
         if n >= 1:
             cases.append(rng.integers(lo, hi + 1, size=(16, n)))           # full range
             cases.append(rng.integers(-8 << fmt.f_bits, 8 << fmt.f_bits, size=(16, n)))
-            cases.append(rng.normal(0, 2 << fmt.f_bits, size=(16, n)).astype(np.int64))
+            for sigma in (2, 16, 64):                                      # peaked rows
+                cases.append(rng.normal(0, sigma << fmt.f_bits, size=(16, n)).astype(np.int64))
     cases.append(np.full((4, 129), 123))                                   # all equal
     dom = rng.integers(-1 << fmt.f_bits, 1 << fmt.f_bits, size=(4, 129))
     dom[:, 17] = hi                                                        # one dominant
