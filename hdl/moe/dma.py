@@ -1,0 +1,574 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The expert-weight DMA scheduler: AXI4 reads of each used expert's weights into ping-pong
+banks, prefetching expert ``e + 1`` while expert ``e`` computes.
+
+Addresses come from an :class:`~hdl.moe.layout.ImageLayout`; the image itself is produced by
+:func:`hdl.moe.layout.pack`.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, exact_log2
+
+from ..axi import AXI4Signature
+from ..axi_master import AXI4ReadMaster
+from .layout import PARTS, ImageLayout
+from .topk import _positive_int
+
+__all__ = ["ExpertDMA", "ROUTER", "choose_ports"]
+
+#: Part number of the router region in :class:`ExpertDMA`'s read port (expert parts are
+#: numbered 0..3 in :data:`hdl.moe.layout.PARTS` order).
+ROUTER = len(PARTS)
+
+
+def _pow2(name, value):
+    _positive_int(name, value)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+
+
+def choose_ports(weight_bytes_per_cycle, port_bytes_per_cycle, max_ports=4):
+    """Number of AXI read ports (a power of two, at most ``max_ports``) whose combined bandwidth
+    covers the compute unit's weight consumption.
+
+    Parameters
+    ----------
+    weight_bytes_per_cycle : float
+        Bytes of weights the compute unit consumes per cycle while computing an expert.
+    port_bytes_per_cycle : float
+        Bandwidth of one port (16 B/cycle for a 128-bit HP port that is never throttled).
+    max_ports : int
+        Ports available (the ZCU104 PS has four HP ports; beyond ~3.5 the DDR itself, about
+        57 B/cycle at 300 MHz, is the limit).
+    """
+    p = 1
+    while p < max_ports and p * port_bytes_per_cycle < weight_bytes_per_cycle:
+        p *= 2
+    return p
+
+
+class ExpertDMA(wiring.Component):
+    """Fetch a layer's router and its used experts into on-chip buffers.
+
+    Operation
+    ---------
+    ``start`` latches ``image_base``, ``image_bytes``, ``layer`` and ``task`` and checks them:
+    a task or layer out of range, an image smaller than :attr:`ImageLayout.total_bytes`, a base
+    not aligned to 4 KiB, an image running past the address space, or a ``start`` while reads
+    are still outstanding (``busy``) set the sticky ``error`` and nothing is fetched. Otherwise the
+    task's router (E × D weights) is fetched at once into the router buffer; ``router_ready``
+    rises when it is complete.
+
+    Then every used expert that arrives on ``experts`` (the order of
+    :class:`~hdl.moe.reorder.Reorder`) becomes a *job*: job ``i`` is fetched into bank
+    ``i mod 2``, part by part in :data:`~hdl.moe.layout.PARTS` order (each bias before its
+    weights). Job ``i`` starts as
+    soon as its expert is known and bank ``i mod 2`` is free, i.e. the consumer has released job
+    ``i − 2``; so expert ``i + 1`` is fetched while expert ``i`` computes, and the consumer never
+    waits for weights when the bandwidth covers its consumption.
+
+    The consumer names the job it works on (``job``) and sees which of its four parts are
+    complete (``ready``); when it is done with the job's bank it pulses ``release`` (jobs are
+    released in order). ``want`` tells the unit in which cycles the consumer waits for a part
+    (``want_part``), which it counts in ``stall_cycles`` when that part is not ready.
+
+    Ports
+    -----
+    With ``ports`` = P > 1 AXI4 read managers share the load: every part is cut into chunks of
+    ``chunk_words`` bus words (one maximal burst), chunk ``c`` goes to port ``c mod P`` and is
+    stored in that port's buffer memory, so all ports stream concurrently and a part is complete
+    when every port has delivered its chunks. With P = 1 each part is one command. The read
+    managers keep ``rready`` high (the buffers always accept), so the AXI bus is never stalled.
+
+    Buffers
+    -------
+    One memory per port, ``read_words`` bus words wide (byte-lane writes of one bus word), holding
+    bank 0, bank 1 and the router. The read port (``rd_*``) returns ``read_words`` consecutive bus
+    words of a part one cycle after the address; word ``w`` of a part lives in port
+    ``(w / chunk_words) mod P``'s memory, so consecutive reads may come from different ports.
+
+    Errors
+    ------
+    ``error`` is sticky until the next ``start``: bad ``start`` arguments (see above), an expert
+    id ≥ E, an AXI error response or a malformed command (:class:`~hdl.axi_master.AXI4ReadMaster`).
+    After an error no new read is issued, outstanding reads drain, and ``busy`` falls: the
+    consumer must watch ``error`` instead of waiting for ``ready``.
+
+    Parameters
+    ----------
+    layout : ImageLayout
+        The weight image's geometry.
+    ports : int
+        AXI4 read managers, 1, 2 or 4.
+    addr_width : int
+        AXI address width.
+    max_burst_beats : int
+        Longest burst (16: the ZCU104 HP ports' AXI4 limit).
+    max_outstanding : int
+        Bursts in flight per port; with 16-beat bursts, 8 cover a 128-cycle round trip.
+    read_words : int
+        Bus words per read of the buffer (a power of two ≤ ``chunk_words``).
+    chunk_words : int or None
+        Interleave granule with P > 1, a power of two (default ``max_burst_beats``).
+
+    Members
+    -------
+    start : In(1)
+        Pulse: begin a layer (see above).
+    image_base : In(addr_width)
+        Byte address of the image (4 KiB aligned).
+    image_bytes : In(addr_width + 1)
+        Size of the image in bytes.
+    layer : In(8)
+        MoE layer index (0 = the model's first MoE block).
+    task : In(8)
+        Task id: selects the router.
+    experts : In(stream.Signature(unsigned(bits_for(E − 1))))
+        Used expert ids in processing order. Always ready (at most E per layer are stored).
+    router_ready : Out(1)
+        The router buffer holds the task's router.
+    job : In(range(E))
+        The job (index into the used-expert order) the consumer works on.
+    ready : Out(4)
+        Bit ``p``: part ``p`` of job ``job`` is complete in bank ``job mod 2``.
+    release : In(1)
+        Pulse: the consumer is done with job ``job`` (releases its bank).
+    want, want_part : In(1), In(range(4))
+        The consumer waits for part ``want_part`` of job ``job`` in this cycle.
+    rd_bank : In(1), rd_part : In(range(5)), rd_addr : In(...)
+        Read request: ``read_words`` words starting at bus word ``rd_addr·read_words`` of part
+        ``rd_part`` (``ROUTER`` = 4 for the router) of bank ``rd_bank``.
+    rd_data : Out(read_words · data_width)
+        The words read, one cycle after the request (first word in the low bits).
+    bytes_fetched : Out(32)
+        Expert weight bytes delivered since ``start``.
+    router_bytes : Out(32)
+        Router bytes delivered since ``start``.
+    stall_cycles : Out(32)
+        Cycles since ``start`` with ``want`` high and the wanted part not ready.
+    busy : Out(1)
+        Reads are being issued or are outstanding.
+    error : Out(1)
+        Sticky error (see above).
+    bus0 … bus{P−1} : Out(AXI4Signature(addr_width, data_width, 1))
+        The AXI4 manager ports (read channels only).
+    """
+
+    def __init__(self, layout, *, ports=1, addr_width=32, max_burst_beats=16, max_outstanding=8,
+                 read_words=1, chunk_words=None):
+        if not isinstance(layout, ImageLayout):
+            raise TypeError(f"layout must be an ImageLayout, not {layout!r}")
+        _pow2("ports", ports)
+        if ports > 4:
+            raise ValueError(f"ports must be 1, 2 or 4, not {ports!r}")
+        _pow2("max_burst_beats", max_burst_beats)
+        _positive_int("max_outstanding", max_outstanding)
+        _pow2("read_words", read_words)
+        if chunk_words is None:
+            chunk_words = max_burst_beats
+        _pow2("chunk_words", chunk_words)
+        if read_words > chunk_words:
+            raise ValueError(f"read_words ({read_words}) must not exceed chunk_words "
+                             f"({chunk_words})")
+        if chunk_words * (layout.data_width // 8) > 4096:
+            raise ValueError(f"chunk_words ({chunk_words}) × the bus word must fit one 4 KiB page")
+        self._layout = layout
+        self._ports = ports
+        self._addr_width = addr_width
+        self._max_burst_beats = max_burst_beats
+        self._max_outstanding = max_outstanding
+        self._read_words = read_words
+        self._chunk_words = chunk_words
+        E = layout.num_experts
+        bus_sig = AXI4Signature(addr_width=addr_width, data_width=layout.data_width, id_width=1)
+        members = {
+            "start": In(1),
+            "image_base": In(addr_width),
+            "image_bytes": In(addr_width + 1),
+            "layer": In(8),
+            "task": In(8),
+            "experts": In(stream.Signature(unsigned(bits_for(E - 1)))),
+            "router_ready": Out(1),
+            "job": In(range(E)),
+            "ready": Out(len(PARTS)),
+            "release": In(1),
+            "want": In(1),
+            "want_part": In(range(len(PARTS))),
+            "rd_bank": In(1),
+            "rd_part": In(range(len(PARTS) + 1)),
+            "rd_addr": In(range(max(self.max_part_rwords, 2))),
+            "rd_data": Out(read_words * layout.data_width),
+            "bytes_fetched": Out(32),
+            "router_bytes": Out(32),
+            "stall_cycles": Out(32),
+            "busy": Out(1),
+            "error": Out(1),
+        }
+        for p in range(ports):
+            members[f"bus{p}"] = Out(bus_sig)
+        super().__init__(members)
+
+    # -- parameters and geometry ------------------------------------------------------------
+
+    @property
+    def layout(self):
+        """The :class:`ImageLayout`."""
+        return self._layout
+
+    @property
+    def ports(self):
+        """Number of AXI4 read managers."""
+        return self._ports
+
+    @property
+    def addr_width(self):
+        """AXI address width."""
+        return self._addr_width
+
+    @property
+    def read_words(self):
+        """Bus words per buffer read."""
+        return self._read_words
+
+    @property
+    def chunk_words(self):
+        """Interleave granule between ports, in bus words."""
+        return self._chunk_words
+
+    @property
+    def buses(self):
+        """The AXI4 manager interfaces, port 0 first."""
+        return [getattr(self, f"bus{p}") for p in range(self._ports)]
+
+    def _part_words(self, part):
+        return self._layout.part_words("router" if part == ROUTER else PARTS[part])
+
+    def _chunks(self, part):
+        return -(-self._part_words(part) // self._chunk_words)
+
+    def _port_chunks(self, part, port):
+        """Chunks of ``part`` that port ``port`` fetches."""
+        return len(range(port, self._chunks(part), self._ports))
+
+    def _port_words(self, part, port):
+        """Bus words of ``part`` that port ``port`` fetches."""
+        n = self._port_chunks(part, port)
+        if n == 0:
+            return 0
+        last_c = port + (n - 1) * self._ports
+        tail = self._part_words(part) - (self._chunks(part) - 1) * self._chunk_words
+        return (n - 1) * self._chunk_words + (tail if last_c == self._chunks(part) - 1
+                                              else self._chunk_words)
+
+    def _local_words(self, part):
+        """Words reserved for ``part`` in each port's memory (a multiple of read_words)."""
+        n = -(-self._chunks(part) // self._ports) * self._chunk_words
+        if self._ports == 1:
+            n = self._part_words(part)
+        return -(-n // self._read_words) * self._read_words
+
+    @property
+    def part_bases(self):
+        """Word offset of each part (0..3, then the router) in a port memory's bank."""
+        out, off = [], 0
+        for part in range(len(PARTS)):
+            out.append(off)
+            off += self._local_words(part)
+        out.append(2 * off)       # the router follows the two banks
+        return out
+
+    @property
+    def bank_words(self):
+        """Words of one bank in each port's memory."""
+        return sum(self._local_words(p) for p in range(len(PARTS)))
+
+    @property
+    def memory_words(self):
+        """Words (bus words) of each port's memory."""
+        return 2 * self.bank_words + self._local_words(ROUTER)
+
+    @property
+    def max_part_rwords(self):
+        """Reads (of ``read_words``) that cover the largest part."""
+        return max(-(-self._part_words(p) // self._read_words) for p in range(len(PARTS) + 1))
+
+    @property
+    def buffer_bytes(self):
+        """On-chip buffer bytes (all ports): two banks and the router."""
+        return self._ports * self.memory_words * self._layout.word_bytes
+
+    def fetch_cycles(self, bytes_per_cycle):
+        """Cycles to fetch one expert at ``bytes_per_cycle`` (all ports together)."""
+        return self._layout.bytes_for_expert() / bytes_per_cycle
+
+    # -- hardware ---------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        lay = self._layout
+        P, cw, R = self._ports, self._chunk_words, self._read_words
+        E, T, L = lay.num_experts, lay.num_tasks, lay.num_layers
+        wb = lay.word_bytes
+        aw = self._addr_width
+        n_parts = len(PARTS)
+
+        # -- start: latch and check the arguments ----------------------------------------------
+        layer_base = Signal(aw + 1)
+        router_base = Signal(aw + 1)
+        started = Signal()
+        bad_args = Signal()
+        arg_error = Signal()
+        list_error = Signal()
+        axi_errors = []
+        m.d.comb += bad_args.eq((self.task >= T) | (self.layer >= L) |
+                                (self.image_bytes < lay.total_bytes) |
+                                (self.image_base[:12] != 0) |
+                                (self.image_base + lay.total_bytes > (1 << aw)) |
+                                self.busy)
+        with m.If(self.start):
+            m.d.sync += [
+                layer_base.eq(self.image_base + self.layer * lay.layer_stride),
+                router_base.eq(self.image_base + self.layer * lay.layer_stride +
+                               lay.routers_offset + self.task * lay.router_stride),
+                started.eq(~bad_args),
+                arg_error.eq(bad_args),
+                list_error.eq(0),
+            ]
+
+        # -- the used-expert list ----------------------------------------------------------------
+        elist = Array(Signal(range(E), name=f"elist{i}") for i in range(E))
+        n_known = Signal(range(E + 1))
+        m.d.comb += self.experts.ready.eq(1)
+        with m.If(self.experts.valid & started):
+            with m.If(n_known < E):
+                m.d.sync += [
+                    elist[n_known].eq(self.experts.payload),
+                    n_known.eq(n_known + 1),
+                ]
+            with m.If((self.experts.payload >= E) | (n_known >= E)):
+                m.d.sync += list_error.eq(1)
+        released = Signal(range(E + 1))
+        with m.If(self.release):
+            m.d.sync += released.eq(released + 1)
+        with m.If(self.start):
+            m.d.sync += [n_known.eq(0), released.eq(0)]
+
+        # -- ports -----------------------------------------------------------------------------
+        bases = self.part_bases
+        wjob = []            # per port: job being written
+        wpart = []           # per port: part being written
+        rdone = []           # per port: router written
+        mems = []
+        words_in = []        # per port: a word was delivered this cycle (expert / router)
+        any_busy = []
+        for p in range(P):
+            master = AXI4ReadMaster(addr_width=aw, data_width=lay.data_width, id_width=1,
+                                    max_burst_beats=self._max_burst_beats,
+                                    max_outstanding=self._max_outstanding)
+            m.submodules[f"master{p}"] = master
+            wiring.connect(m, wiring.flipped(getattr(self, f"bus{p}")), master.bus)
+            axi_errors.append(master.error)
+            any_busy.append(master.busy)
+
+            mem = Memory(shape=unsigned(R * lay.data_width), depth=-(-self.memory_words // R),
+                         init=[])
+            m.submodules[f"buf{p}"] = mem
+            mems.append(mem)
+
+            my_parts = [x for x in range(n_parts) if self._port_chunks(x, p)]
+            has_router = self._port_chunks(ROUTER, p) > 0
+
+            # Command side. State: which region (router / job), part, chunk ordinal.
+            cjob = Signal(range(E + 1), name=f"cjob{p}")
+            cpart = Signal(range(n_parts), name=f"cpart{p}")
+            cchunk = Signal(range(max(self._port_chunks(x, p) for x in range(n_parts + 1)) + 1),
+                            name=f"cchunk{p}")
+            job_base = Signal(aw + 1, name=f"job_base{p}")
+            cmd = master.cmd
+
+            def chunk_cmd(part, region_base, chunk_ordinal, *, p=p):
+                """Drive ``cmd`` for chunk ``chunk_ordinal`` of this port in ``part``."""
+                c = p + chunk_ordinal * P
+                tail = self._part_words(part) - (self._chunks(part) - 1) * cw
+                if P == 1:
+                    addr = region_base
+                    beats = self._part_words(part)
+                else:
+                    addr = region_base + c * (cw * wb)
+                    beats = Mux(c == self._chunks(part) - 1, tail, cw)
+                return [cmd.payload.addr.eq(addr), cmd.payload.beats.eq(beats)]
+
+            def part_addr(part, job_base=job_base):
+                return job_base + lay.part_offsets[PARTS[part]]
+
+            n_my = [self._port_chunks(x, p) if P > 1 else min(self._port_chunks(x, p), 1)
+                    for x in range(n_parts + 1)]
+
+            first_state = "ROUTER" if has_router else "WAIT"
+
+            def restart(first_state=first_state, cjob=cjob, cchunk=cchunk):
+                # A start abandons whatever the port was doing (it is refused with an error
+                # while reads are outstanding, which would land in the new layer's buffers).
+                with m.If(self.start):
+                    m.d.sync += [cjob.eq(0), cchunk.eq(0)]
+                    m.next = first_state
+                    with m.If(bad_args):
+                        m.next = "IDLE"
+
+            with m.FSM(name=f"cmd{p}"):
+                with m.State("IDLE"):
+                    restart()
+                if has_router:
+                    with m.State("ROUTER"):
+                        m.d.comb += chunk_cmd(ROUTER, router_base, cchunk)
+                        m.d.comb += cmd.valid.eq(~self.error)
+                        with m.If(cmd.ready & ~self.error):
+                            m.d.sync += cchunk.eq(cchunk + 1)
+                            with m.If(cchunk == n_my[ROUTER] - 1):
+                                m.d.sync += cchunk.eq(0)
+                                m.next = "WAIT"
+                        restart()
+                with m.State("WAIT"):
+                    # Job cjob may start once its expert is known and its bank is free.
+                    can = (cjob < n_known) & (cjob < released + 2) & ~self.error
+                    if my_parts:
+                        with m.If(can):
+                            m.d.sync += [
+                                job_base.eq(layer_base + lay.experts_offset +
+                                            elist[cjob] * lay.expert_stride),
+                                cpart.eq(my_parts[0]),
+                                cchunk.eq(0),
+                            ]
+                            m.next = "JOB"
+                    restart()
+                if my_parts:
+                    with m.State("JOB"):
+                        with m.Switch(cpart):
+                            for i, x in enumerate(my_parts):
+                                with m.Case(x):
+                                    m.d.comb += chunk_cmd(x, part_addr(x), cchunk)
+                                    m.d.comb += cmd.valid.eq(~self.error)
+                                    with m.If(cmd.ready & ~self.error):
+                                        m.d.sync += cchunk.eq(cchunk + 1)
+                                        with m.If(cchunk == n_my[x] - 1):
+                                            m.d.sync += cchunk.eq(0)
+                                            if i + 1 < len(my_parts):
+                                                m.d.sync += cpart.eq(my_parts[i + 1])
+                                            else:
+                                                m.d.sync += cjob.eq(cjob + 1)
+                                                m.next = "WAIT"
+                        with m.If(self.error):
+                            m.next = "WAIT"
+                        restart()
+
+            # Write side: every delivered word goes to the buffer; counters follow the same
+            # (region, part, word) sequence as the commands.
+            w_port = mem.write_port(granularity=lay.data_width)
+            data_s = master.data
+            m.d.comb += data_s.ready.eq(1)
+            wj = Signal(range(E + 1), name=f"wjob{p}")
+            wp = Signal(range(n_parts + 1), name=f"wpart{p}")
+            wr = Signal(name=f"wrouter{p}")       # 1 while writing the router
+            wcount = Signal(range(max(self._port_words(x, p) for x in range(n_parts + 1)) + 1),
+                            name=f"wcount{p}")
+            rd = Signal(name=f"rdone{p}")
+            wjob.append(wj)
+            wpart.append(wp)
+            rdone.append(rd)
+            word_e = Signal(name=f"word_e{p}")
+            word_r = Signal(name=f"word_r{p}")
+            words_in.append((word_e, word_r))
+
+            with m.If(self.start & ~bad_args):
+                m.d.sync += [wj.eq(0), wcount.eq(0), wr.eq(has_router), rd.eq(not has_router),
+                             wp.eq(my_parts[0] if my_parts else 0)]
+
+            got = data_s.valid & started
+            local = Signal(range(self.memory_words + 1), name=f"local{p}")
+            bank = wj[0]
+            with m.If(wr):
+                m.d.comb += local.eq(bases[ROUTER] + wcount)
+                with m.If(got):
+                    m.d.comb += word_r.eq(1)
+                    m.d.sync += wcount.eq(wcount + 1)
+                    with m.If(wcount == self._port_words(ROUTER, p) - 1):
+                        m.d.sync += [wcount.eq(0), wr.eq(0), rd.eq(1)]
+            with m.Else():
+                with m.Switch(wp):
+                    for i, x in enumerate(my_parts):
+                        with m.Case(x):
+                            m.d.comb += local.eq(Mux(bank, self.bank_words, 0) + bases[x] +
+                                                 wcount)
+                            with m.If(got):
+                                m.d.comb += word_e.eq(1)
+                                m.d.sync += wcount.eq(wcount + 1)
+                                with m.If(wcount == self._port_words(x, p) - 1):
+                                    m.d.sync += wcount.eq(0)
+                                    if i + 1 < len(my_parts):
+                                        m.d.sync += wp.eq(my_parts[i + 1])
+                                    else:
+                                        m.d.sync += [wp.eq(my_parts[0]), wj.eq(wj + 1)]
+            m.d.comb += [
+                w_port.addr.eq(local >> exact_log2(R)),
+                w_port.data.eq(data_s.payload.data.replicate(R)),
+            ]
+            if R == 1:
+                m.d.comb += w_port.en.eq(got)
+            else:
+                m.d.comb += w_port.en.eq(Mux(got, Const(1, R) << local[:exact_log2(R)], 0))
+
+        # -- readiness -------------------------------------------------------------------------
+        for x in range(n_parts):
+            terms = []
+            for p in range(P):
+                if self._port_chunks(x, p):
+                    terms.append((wjob[p] > self.job) | ((wjob[p] == self.job) & (wpart[p] > x)))
+            m.d.comb += self.ready[x].eq(Cat(*terms).all() & started if terms else started)
+        rterms = [rdone[p] for p in range(P) if self._port_chunks(ROUTER, p)]
+        m.d.comb += self.router_ready.eq(Cat(*rterms).all() & started)
+
+        # -- counters --------------------------------------------------------------------------
+        n_e = sum(we.as_unsigned() for we, _ in words_in)
+        n_r = sum(wr_.as_unsigned() for _, wr_ in words_in)
+        m.d.sync += [
+            self.bytes_fetched.eq(self.bytes_fetched + n_e * wb),
+            self.router_bytes.eq(self.router_bytes + n_r * wb),
+        ]
+        stall = self.want & ~Array(self.ready[x] for x in range(n_parts))[self.want_part]
+        with m.If(stall):
+            m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
+        with m.If(self.start):
+            m.d.sync += [self.bytes_fetched.eq(0), self.router_bytes.eq(0),
+                         self.stall_cycles.eq(0)]
+        m.d.comb += [
+            self.busy.eq(Cat(*any_busy).any()),
+            # AXI errors are sticky in the read managers until reset.
+            self.error.eq(arg_error | list_error | Cat(*axi_errors).any()),
+        ]
+
+        # -- read port -------------------------------------------------------------------------
+        logcw, logR, logP = exact_log2(cw), exact_log2(R), exact_log2(P)
+        w = Signal(range(self.max_part_rwords * R + 1))
+        m.d.comb += w.eq(self.rd_addr << logR)
+        if P > 1:
+            sub = w[logcw:logcw + logP]
+            local_w = Cat(w[:logcw], w[logcw + logP:])
+        else:
+            sub = Const(0, 1)
+            local_w = w
+        part_base = Array(Const(b, range(self.memory_words + 1)) for b in bases)[self.rd_part]
+        bank_off = Mux((self.rd_part != ROUTER) & self.rd_bank, self.bank_words, 0)
+        raddr = Signal(range(self.memory_words + 1))
+        m.d.comb += raddr.eq(part_base + bank_off + local_w)
+        sub_q = Signal(max(logP, 1))
+        m.d.sync += sub_q.eq(sub)
+        datas = []
+        for p, mem in enumerate(mems):
+            rp = mem.read_port()
+            m.d.comb += rp.addr.eq(raddr >> logR)
+            datas.append(rp.data)
+        m.d.comb += self.rd_data.eq(Array(datas)[sub_q] if P > 1 else datas[0])
+        return m

@@ -1,0 +1,990 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The MoE layer engine: router, top-k, reordering, expert-weight DMA and the experts on the
+compute unit, with the combine on chip.
+
+Bit-exact with the MoE block of :func:`golden.twin.twin_forward` (and
+:func:`sim.bench.moe.moe_block_reference`): given the block's LN2 output ``u`` and its residual
+``x`` in the compute unit's activation buffer, the engine leaves
+``x + Σ_j s_j·expert_j(u)`` (accumulated in ascending expert order, saturating) in place of ``x``.
+"""
+
+import math
+from dataclasses import dataclass
+
+from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out, connect, flipped
+
+from golden.config import ModelConfig
+
+from ..axi import AXI4Signature
+from ..nonlin.config import SoftmaxConfig
+from ..nonlin.softmax import Softmax
+from ..stream_util import Queue
+from ..systolic.config import ComputeConfig
+from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature
+from .dma import ROUTER, ExpertDMA, choose_ports
+from .layout import PARTS, ImageLayout, SystolicOrder
+from .reorder import Reorder, expert_entry_layout
+from .topk import TopK, _positive_int, check_moe_shape
+
+__all__ = ["Status", "MoELayerConfig", "MoELayer"]
+
+
+class Status(enum.Enum, shape=unsigned(3)):
+    """Outcome of a layer (``MoELayer.status``)."""
+    #: The layer was computed.
+    OK = 0
+    #: ``task`` is not a task of the model; nothing was done.
+    BAD_TASK = 1
+    #: ``layer`` is not an MoE layer of the model; nothing was done.
+    BAD_LAYER = 2
+    #: The weight image is smaller than the layout needs, not 4 KiB aligned, or runs past the
+    #: address space; nothing was fetched.
+    BAD_IMAGE = 3
+    #: An AXI error response (or a refused read): ``x`` is not valid.
+    DMA_ERROR = 4
+    #: The compute unit refused a command: ``x`` is not valid.
+    CU_ERROR = 5
+
+
+def _pow2(name, value):
+    _positive_int(name, value)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+
+
+@dataclass(frozen=True)
+class MoELayerConfig:
+    """Configuration of :class:`MoELayer`.
+
+    Parameters
+    ----------
+    num_experts : int
+        E, 1..64.
+    k : int
+        Experts per token, 1..min(4, E).
+    tokens : int
+        Tokens per frame N (at most ``compute.max_m``).
+    dim : int
+        Embedding dimension D.
+    hidden : int
+        Expert hidden width Hd.
+    num_tasks : int
+        Tasks (routers per layer).
+    num_layers : int
+        MoE layers in the weight image.
+    compute : ComputeConfig
+        The compute unit (``rows`` and ``cols`` powers of two; with GELU).
+    data_width : int
+        AXI data width (128 for the ZCU104's HP ports).
+    ports : int or None
+        AXI read ports of the DMA, 1, 2 or 4; ``None`` lets :func:`choose_ports` decide from the
+        compute unit's weight consumption (``rows`` weights per cycle) and ``port_bytes``.
+    port_bytes : float
+        Bandwidth of one port in bytes per cycle, for the choice of ``ports``.
+    addr_width : int
+        AXI address width.
+    max_burst_beats : int
+        Longest AXI burst (16 on the ZCU104 HP ports).
+    max_outstanding : int
+        Bursts in flight per port.
+    """
+
+    num_experts: int
+    k: int
+    tokens: int
+    dim: int
+    hidden: int
+    num_tasks: int
+    num_layers: int
+    compute: ComputeConfig
+    data_width: int = 128
+    ports: int = None
+    port_bytes: float = 16.0
+    addr_width: int = 32
+    max_burst_beats: int = 16
+    max_outstanding: int = 8
+
+    def __post_init__(self):
+        check_moe_shape(self.num_experts, self.k)
+        for name in ("tokens", "dim", "hidden", "num_tasks", "num_layers"):
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.compute, ComputeConfig):
+            raise TypeError(f"compute must be a ComputeConfig, not {self.compute!r}")
+        a = self.compute.array
+        _pow2("compute.array.rows", a.rows)
+        _pow2("compute.array.cols", a.cols)
+        if not self.compute.gelu:
+            raise ValueError("the compute unit must have the GELU (ComputeConfig(gelu=True))")
+        c = self.compute
+        for what, v, hi in (("tokens", self.tokens, c.max_m), ("dim", self.dim, c.max_k),
+                            ("dim", self.dim, c.max_n), ("hidden", self.hidden, c.max_k),
+                            ("hidden", self.hidden, c.max_n),
+                            ("num_experts", self.num_experts, c.max_n)):
+            if v > hi:
+                raise ValueError(f"{what} ({v}) exceeds the compute unit's limits "
+                                 f"(max_m {c.max_m}, max_k {c.max_k}, max_n {c.max_n})")
+        if isinstance(self.port_bytes, bool) or not isinstance(self.port_bytes, (int, float)) \
+                or not self.port_bytes > 0:
+            raise ValueError(f"port_bytes must be a positive number, not {self.port_bytes!r}")
+        if self.ports is None:
+            object.__setattr__(self, "ports", choose_ports(self.weight_bytes_per_cycle,
+                                                           self.port_bytes))
+        _pow2("ports", self.ports)
+        if self.ports > 4:
+            raise ValueError(f"ports must be 1, 2 or 4, not {self.ports!r}")
+        # Validates data_width and everything else of the image.
+        self.layout
+        lanes, L = self.numerics.softmax_lanes, a.buffer_lanes
+        if L % lanes and lanes % L:
+            raise ValueError(f"the activation buffer's {L} lanes and the softmax's {lanes} "
+                             f"lanes must divide one another")
+
+    @classmethod
+    def for_model(cls, cfg, compute, **kwargs):
+        """The configuration for the MoE blocks of a :class:`golden.config.ModelConfig`."""
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg must be a ModelConfig, not {cfg!r}")
+        return cls(num_experts=cfg.num_experts, k=cfg.top_k, tokens=cfg.tokens, dim=cfg.dim,
+                   hidden=cfg.expert_hidden, num_tasks=cfg.num_tasks,
+                   num_layers=len(cfg.moe_blocks), compute=compute, **kwargs)
+
+    @property
+    def numerics(self):
+        """The :class:`golden.numerics.Numerics` of the compute unit."""
+        return self.compute.numerics
+
+    @property
+    def order(self):
+        """The compute unit's weight stream order."""
+        return SystolicOrder(self.compute.array.rows, self.compute.array.cols)
+
+    @property
+    def layout(self):
+        """The :class:`~hdl.moe.layout.ImageLayout` of the weight image."""
+        return ImageLayout(num_layers=self.num_layers, num_experts=self.num_experts,
+                           num_tasks=self.num_tasks, dim=self.dim, hidden=self.hidden,
+                           data_width=self.data_width, order=self.order)
+
+    @property
+    def weight_bytes_per_cycle(self):
+        """Weight bytes the compute unit consumes per cycle at most: one word of ``rows``
+        16-bit weights per cycle (a tile of ``cols`` words per pass of ``max(M, cols)``)."""
+        return self.compute.array.rows * self.numerics.weight.width / 8
+
+    # -- activation-buffer plan ------------------------------------------------------------
+
+    def words_per_row(self, elements):
+        """abuf words of one row of ``elements``."""
+        return -(-elements // self.compute.array.buffer_lanes)
+
+    @property
+    def row_words(self):
+        """abuf words of one token row of ``u`` or ``x`` (D elements)."""
+        return self.words_per_row(self.dim)
+
+    @property
+    def hidden_words(self):
+        """abuf words of one hidden row (Hd elements)."""
+        return self.words_per_row(self.hidden)
+
+    @property
+    def logit_words(self):
+        """abuf words of one row of router logits (E elements)."""
+        return self.words_per_row(self.num_experts)
+
+    @property
+    def gather_offset(self):
+        """Offset of the gathered ``u`` rows (and of the expert outputs and the logits) in the
+        scratch area."""
+        return 0
+
+    @property
+    def hidden_offset(self):
+        """Offset of the hidden rows in the scratch area."""
+        return self.tokens * max(self.row_words, self.logit_words)
+
+    @property
+    def scratch_words(self):
+        """Words of abuf scratch the engine needs (besides ``u`` and ``x``)."""
+        return self.hidden_offset + self.tokens * self.hidden_words
+
+    @property
+    def read_words(self):
+        """Bus words per read of the DMA buffers: one read gives a whole bias word of ``cols``
+        32-bit biases and a whole number of weight words of ``rows`` weights."""
+        a = self.compute.array
+        bits = max(a.cols * 32, a.rows * self.numerics.weight.width, self.data_width)
+        return bits // self.data_width
+
+    # -- cycle model --------------------------------------------------------------------------
+
+
+class _Feeder(wiring.Component):
+    """Stream one or two parts of the DMA buffers into the compute unit's ``b`` and ``w``.
+
+    ``go`` with ``mode`` starts: ``ROUTER`` (the router part to ``w``), ``FC1`` (``fc1_b`` to
+    ``b``, then ``fc1_w`` to ``w``) or ``FC2`` (``fc2_b``, ``fc2_w``), of job ``job``. Each part
+    is read only once the DMA reports it complete (``want``/``want_part`` say what is awaited);
+    reads go through a small queue with credits, so ``b``/``w`` back pressure never loses data.
+    After a DMA error the parts are read without waiting (the data is garbage), so that the
+    compute unit's command completes and the engine can report the error instead of hanging.
+    ``abort`` stops the feed and drops what is queued (after a command the compute unit
+    refused).
+    """
+
+    ROUTER, FC1, FC2 = 0, 1, 2
+    QUEUE = 4
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        a = cfg.compute.array
+        nx = cfg.numerics
+        dma_rd = cfg.read_words * cfg.data_width
+        self._lay = cfg.layout
+        super().__init__({
+            "go": In(1),
+            "abort": In(1),
+            "mode": In(2),
+            "job": In(range(cfg.num_experts)),
+            "busy": Out(1),
+            "waiting": Out(1),
+            "rd_bank": Out(1),
+            "rd_part": Out(range(len(PARTS) + 1)),
+            "rd_addr": Out(range(max(self._max_reads(), 2))),
+            "rd_data": In(dma_rd),
+            "ready": In(len(PARTS)),
+            "router_ready": In(1),
+            "error": In(1),
+            "want": Out(1),
+            "want_part": Out(range(len(PARTS))),
+            "w": Out(stream.Signature(data.ArrayLayout(signed(a.w_bits), a.rows))),
+            "b": Out(stream.Signature(data.ArrayLayout(signed(nx.bias.width), a.cols))),
+        })
+
+    def _segments(self):
+        """Per mode: list of (part, target 'b'/'w', output words)."""
+        cfg = self._cfg
+        a = cfg.compute.array
+        d, h, E = cfg.dim, cfg.hidden, cfg.num_experts
+
+        def nw(n, k):
+            return -(-n // a.cols) * -(-k // a.rows) * a.cols
+
+        return {
+            self.ROUTER: [(ROUTER, "w", nw(E, d))],
+            self.FC1: [(PARTS.index("fc1_b"), "b", -(-h // a.cols)),
+                       (PARTS.index("fc1_w"), "w", nw(h, d))],
+            self.FC2: [(PARTS.index("fc2_b"), "b", -(-d // a.cols)),
+                       (PARTS.index("fc2_w"), "w", nw(d, h))],
+        }
+
+    def _bits(self, target):
+        a = self._cfg.compute.array
+        return a.cols * 32 if target == "b" else a.rows * self._cfg.numerics.weight.width
+
+    def _reads(self, target, n_out):
+        per = self._cfg.read_words * self._cfg.data_width // self._bits(target)
+        return -(-n_out // per), per
+
+    def _max_reads(self):
+        return max(self._reads(t, n)[0] for segs in self._segments().values()
+                   for _, t, n in segs)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        a = cfg.compute.array
+        S = cfg.read_words * cfg.data_width
+        segs = self._segments()
+        max_sub = max(self._reads(t, n)[1] for s in segs.values() for _, t, n in s)
+        raw_layout = data.StructLayout({
+            "data": unsigned(S), "to_b": 1, "subs": range(max_sub + 1)})
+        m.submodules.queue = q = Queue(raw_layout, self.QUEUE, buffered=False)
+
+        mode = Signal(2)
+        seg = Signal(2)              # segment of the mode (0 or 1)
+        addr = Signal.like(self.rd_addr)
+        issued_q = Signal()          # a read was issued last cycle: its data is on rd_data
+        meta_q = Signal(raw_layout)  # its metadata
+        active = Signal()
+        m.d.comb += [self.busy.eq(active | q.o.valid | issued_q), self.rd_bank.eq(self.job[0])]
+
+        # The segment being read: part, target, number of reads, outputs per read, tail.
+        part = Signal(range(len(PARTS) + 1))
+        to_b = Signal()
+        n_reads = Signal(range(self._max_reads() + 1))
+        per = Signal(range(max_sub + 1))
+        tail = Signal(range(max_sub + 1))
+        n_segs = Signal(2)
+        with m.Switch(mode):
+            for md, sl in segs.items():
+                with m.Case(md):
+                    m.d.comb += n_segs.eq(len(sl))
+                    with m.Switch(seg):
+                        for i, (pt, tgt, n_out) in enumerate(sl):
+                            reads, pr = self._reads(tgt, n_out)
+                            with m.Case(i):
+                                m.d.comb += [part.eq(pt), to_b.eq(tgt == "b"),
+                                             n_reads.eq(reads), per.eq(pr),
+                                             tail.eq(n_out - (reads - 1) * pr)]
+        part_ready = Mux(part == ROUTER, self.router_ready,
+                         Array(self.ready[i] for i in range(len(PARTS)))[part[:2]])
+        credit = q.level + issued_q < self.QUEUE - 1
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(active & (part_ready | self.error) & credit),
+            self.rd_part.eq(part),
+            self.rd_addr.eq(addr),
+            self.want.eq(active & ~part_ready & (part != ROUTER) & ~self.error),
+            self.want_part.eq(part[:2]),
+            self.waiting.eq(active & ~part_ready & ~self.error),
+        ]
+        with m.If(self.abort):
+            m.d.sync += active.eq(0)
+        with m.Elif(self.go):
+            m.d.sync += [mode.eq(self.mode), seg.eq(0), addr.eq(0), active.eq(1)]
+        with m.Elif(issue):
+            m.d.sync += addr.eq(addr + 1)
+            with m.If(addr == n_reads - 1):
+                m.d.sync += [addr.eq(0), seg.eq(seg + 1)]
+                with m.If(seg == n_segs - 1):
+                    m.d.sync += active.eq(0)
+        m.d.sync += [
+            issued_q.eq(issue),
+            meta_q.to_b.eq(to_b),
+            meta_q.subs.eq(Mux(addr == n_reads - 1, tail, per)),
+        ]
+        m.d.comb += [
+            q.i.valid.eq(issued_q),
+            q.i.payload.data.eq(self.rd_data),
+            q.i.payload.to_b.eq(meta_q.to_b),
+            q.i.payload.subs.eq(meta_q.subs),
+        ]
+
+        # Unpack: output word `sub` of the head raw word, to b or w.
+        sub = Signal(range(max_sub + 1))
+        head = q.o.payload
+        wb_bits, bb_bits = self._bits("w"), self._bits("b")
+        w_words = [head.data[i * wb_bits:(i + 1) * wb_bits] for i in range(S // wb_bits)]
+        b_words = [head.data[i * bb_bits:(i + 1) * bb_bits] for i in range(S // bb_bits)]
+        w_word = Array(w_words)[sub] if len(w_words) > 1 else w_words[0]
+        b_word = Array(b_words)[sub] if len(b_words) > 1 else b_words[0]
+        m.d.comb += [
+            self.w.valid.eq(q.o.valid & ~head.to_b & ~self.abort),
+            self.b.valid.eq(q.o.valid & head.to_b & ~self.abort),
+            self.w.payload.eq(w_word),
+        ]
+        bw = cfg.numerics.bias.width
+        for j in range(a.cols):
+            m.d.comb += self.b.payload[j].eq(b_word[32 * j:32 * j + bw])
+        taken = (self.w.valid & self.w.ready) | (self.b.valid & self.b.ready)
+        with m.If(self.abort):
+            # Drop whatever is queued.
+            m.d.sync += sub.eq(0)
+            m.d.comb += q.o.ready.eq(1)
+        with m.Elif(taken):
+            m.d.sync += sub.eq(sub + 1)
+            with m.If(sub == head.subs - 1):
+                m.d.sync += sub.eq(0)
+                m.d.comb += q.o.ready.eq(1)
+        return m
+
+
+class MoELayer(wiring.Component):
+    """One MoE layer: routing, reordering, expert weights from DDR, experts, combine.
+
+    Everything happens on chip except the weight fetch. ``u`` (the block's LN2 output, N × D in
+    ``ln_out``) and ``x`` (the residual, N × D in ``act``) are token matrices in the compute
+    unit's activation buffer (abuf) at word addresses ``u_base`` and ``x_base`` (one row every
+    :attr:`MoELayerConfig.row_words` words); the result replaces ``x``. The engine uses
+    :attr:`MoELayerConfig.scratch_words` words of abuf at ``scratch_base``.
+
+    Schedule, after ``start``::
+
+        ROUTER   DMA: the task's router (E × D) → router buffer      (task switch: just this)
+        LOGITS   compute unit: logits = u·Wgᵀ (N × E, logit format) → abuf scratch
+        ROUTE    abuf → Softmax (scale 1) → TopK → Reorder (counting sort, on chip)
+        for each used expert j = 0, 1, … (ascending id; unused experts skipped):
+          DMA    job j → bank j mod 2, started as soon as job j−2 is released (prefetch)
+          GATHER u[tokens of j] → G (abuf scratch, contiguous rows)
+          FC1    compute unit: H = GELU(G·W1ᵀ + b1)                       (hidden format)
+          FC2    compute unit: T = s ⊙ (H·W2ᵀ + b2)  (row scale = router scores)  → G
+                 release bank j mod 2
+          COMBINE x[tokens of j] = saturate(x[tokens] + T)  (on chip, act format)
+
+    The DMA fetches expert j+1 while expert j computes, each used expert's weights exactly once;
+    the weight buffers are the DMA's ping-pong banks. No phase waits on a count that a routing
+    could make wrong: one expert receiving every token, experts with no token and tied scores
+    only change how many rows and experts the loops run.
+
+    Errors: a task or layer out of range, or a weight image smaller than the layout (or
+    misaligned), end the layer at once with ``status`` ``BAD_*`` and nothing fetched. An AXI
+    error lets the current compute command finish on garbage weights, then ends the layer with
+    ``DMA_ERROR``; a command the compute unit refuses ends it with ``CU_ERROR``. The engine
+    never waits for something an error prevents.
+
+    Parameters
+    ----------
+    config : MoELayerConfig
+
+    Members
+    -------
+    start : In(1)
+        Pulse: run one layer with the arguments below (ignored while ``busy``).
+    task, layer : In(8)
+        Task id (selects the router) and MoE layer index.
+    image_base : In(addr_width)
+        Byte address of the weight image (4 KiB aligned).
+    image_bytes : In(addr_width + 1)
+        Size of the image.
+    u_base, x_base, scratch_base : In(abuf address)
+        abuf word addresses of ``u``, ``x`` and the scratch area.
+    ext : In(ext_signature(config.compute))
+        The compute unit's abuf port for the host while the engine is idle (load ``u``, ``x``,
+        read the result).
+    busy : Out(1)
+        A layer is running.
+    done : Out(1)
+        High from the end of a layer until the next ``start``.
+    status : Out(Status)
+        Outcome of the last layer (valid with ``done``).
+    cycles : Out(32)
+        Cycles from ``start`` to ``done``.
+    stall_cycles, first_stall_cycles : Out(32)
+        Cycles the compute unit's feed waited for expert weights (all jobs; job 0 only).
+    router_wait_cycles : Out(32)
+        Cycles the logits product waited for the router weights.
+    route_cycles : Out(32)
+        Cycles from ``start`` to the first used expert (routing and reordering).
+    bytes_fetched, router_bytes : Out(32)
+        Expert and router weight bytes fetched.
+    n_used : Out(range(E + 1))
+        Used experts.
+    bus0 … : Out(AXI4Signature)
+        The DMA's AXI4 read ports.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, MoELayerConfig):
+            raise TypeError(f"config must be a MoELayerConfig, not {config!r}")
+        self._config = config
+        cfg = config
+        c = cfg.compute
+        nx = cfg.numerics
+        self._cu = ComputeUnit(c)
+        self._softmax = Softmax(SoftmaxConfig(nx, max_len=cfg.num_experts,
+                                              in_formats=(nx.logit,)))
+        self._topk = TopK(num_experts=cfg.num_experts, k=cfg.k, lanes=nx.softmax_lanes,
+                          score_width=nx.prob.width)
+        self._reorder = Reorder(num_experts=cfg.num_experts, k=cfg.k, tokens=cfg.tokens,
+                                score_width=nx.prob.width)
+        self._dma = ExpertDMA(cfg.layout, ports=cfg.ports, addr_width=cfg.addr_width,
+                              max_burst_beats=cfg.max_burst_beats,
+                              max_outstanding=cfg.max_outstanding, read_words=cfg.read_words)
+        self._feeder = _Feeder(cfg)
+        aw = cfg.addr_width
+        abuf_addr = unsigned(c.addr_bits)
+        bus_sig = AXI4Signature(addr_width=aw, data_width=cfg.data_width, id_width=1)
+        members = {
+            "start": In(1),
+            "task": In(8),
+            "layer": In(8),
+            "image_base": In(aw),
+            "image_bytes": In(aw + 1),
+            "u_base": In(abuf_addr),
+            "x_base": In(abuf_addr),
+            "scratch_base": In(abuf_addr),
+            "ext": In(ext_signature(c)),
+            "busy": Out(1),
+            "done": Out(1),
+            "status": Out(Status),
+            "cycles": Out(32),
+            "stall_cycles": Out(32),
+            "first_stall_cycles": Out(32),
+            "router_wait_cycles": Out(32),
+            "route_cycles": Out(32),
+            "bytes_fetched": Out(32),
+            "router_bytes": Out(32),
+            "n_used": Out(range(cfg.num_experts + 1)),
+        }
+        for p in range(cfg.ports):
+            members[f"bus{p}"] = Out(bus_sig)
+        super().__init__(members)
+
+    @property
+    def config(self):
+        """The :class:`MoELayerConfig`."""
+        return self._config
+
+    @property
+    def compute_unit(self):
+        """The :class:`~hdl.systolic.unit.ComputeUnit` (a submodule)."""
+        return self._cu
+
+    @property
+    def dma(self):
+        """The :class:`~hdl.moe.dma.ExpertDMA` (a submodule)."""
+        return self._dma
+
+    @property
+    def softmax(self):
+        """The router's :class:`~hdl.nonlin.softmax.Softmax` (a submodule)."""
+        return self._softmax
+
+    @property
+    def buses(self):
+        """The AXI4 read ports, port 0 first."""
+        return [getattr(self, f"bus{p}") for p in range(self._config.ports)]
+
+    # -- cycle model ------------------------------------------------------------------------
+
+    def _cmd_cycles(self, m, k, n, **kw):
+        return self._cu.cycles(m, k, n, **kw)
+
+    def gather_cycles(self, n_tok):
+        """Cycles to gather ``n_tok`` rows of ``u`` (two per word, two per row for the token)."""
+        return n_tok * (2 + 2 * self._config.row_words)
+
+    def combine_cycles(self, n_tok):
+        """Cycles to add ``n_tok`` expert output rows into ``x`` (three per word)."""
+        return n_tok * (2 + 3 * self._config.row_words)
+
+    def compute_bound_cycles(self, counts):
+        """Cycles the compute unit needs for a layer whose used experts get ``counts`` tokens:
+        the logits product plus, per used expert, fc1 and fc2 (the compute unit's own cycle
+        formula, :meth:`ComputeUnit.cycles`)."""
+        cfg = self._config
+        total = self._cmd_cycles(cfg.tokens, cfg.dim, cfg.num_experts)
+        for n in counts:
+            total += self._cmd_cycles(n, cfg.dim, cfg.hidden, bias=True)
+            total += self._cmd_cycles(n, cfg.hidden, cfg.dim, bias=True, row_scale=True)
+        return total
+
+    def expert_cycles(self, n_tok):
+        """Engine cycles of one expert with ``n_tok`` tokens when weights never stall:
+        gather, fc1, fc2 and combine, with the command hand-overs."""
+        cfg = self._config
+        return (self.gather_cycles(n_tok) + self.combine_cycles(n_tok) +
+                self._cmd_cycles(n_tok, cfg.dim, cfg.hidden, bias=True) +
+                self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True) + 6)
+
+    # -- hardware ---------------------------------------------------------------------------
+
+    def _commands(self):
+        """Constant fields of the three commands (from the compute unit's command builder)."""
+        cfg = self._config
+        nx = cfg.numerics
+        cu = self._cu
+        E, d, h = cfg.num_experts, cfg.dim, cfg.hidden
+        logits = cu.command(1, d, E, x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.logit,
+                            x_base=0, y_base=0)
+        fc1 = cu.command(1, d, h, x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.hidden,
+                         x_base=0, y_base=0, bias=True, gelu=True)
+        fc2 = cu.command(1, h, d, x_fmt=nx.hidden, w_fmt=nx.weight, out_fmt=nx.act,
+                         x_base=0, y_base=0, bias=True, row_scale=True)
+        return logits, fc1, fc2
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        nx = cfg.numerics
+        c = cfg.compute
+        a = c.array
+        E, K, N = cfg.num_experts, cfg.k, cfg.tokens
+        L = a.buffer_lanes
+        B = nx.softmax_lanes
+        Wd, We = cfg.row_words, cfg.logit_words
+
+        m.submodules.cu = cu = self._cu
+        m.submodules.softmax = sm = self._softmax
+        m.submodules.topk = topk = self._topk
+        m.submodules.reorder = ro = self._reorder
+        m.submodules.dma = dma = self._dma
+        m.submodules.feeder = fd = self._feeder
+
+        for p in range(cfg.ports):
+            connect(m, flipped(getattr(self, f"bus{p}")), getattr(dma, f"bus{p}"))
+
+        # Feeder ↔ DMA and compute unit.
+        connect(m, fd.w, cu.w)
+        connect(m, fd.b, cu.b)
+        m.d.comb += [
+            dma.rd_bank.eq(fd.rd_bank),
+            dma.rd_part.eq(fd.rd_part),
+            dma.rd_addr.eq(fd.rd_addr),
+            fd.rd_data.eq(dma.rd_data),
+            fd.ready.eq(dma.ready),
+            fd.router_ready.eq(dma.router_ready),
+            fd.error.eq(dma.error),
+            dma.want.eq(fd.want),
+            dma.want_part.eq(fd.want_part),
+        ]
+
+        # Softmax → TopK → Reorder.
+        m.d.comb += [
+            topk.i.valid.eq(sm.o.valid),
+            topk.i.payload.eq(sm.o.payload.data),
+            sm.o.ready.eq(topk.i.ready),
+        ]
+        connect(m, topk.o, ro.i)
+
+        # Reorder's used experts go to the DMA (which stores the list) and to the sequencer's
+        # queue; both take them at once.
+        m.submodules.experts_q = eq = Queue(expert_entry_layout(E, K, N), E, buffered=False)
+        m.d.comb += [
+            eq.i.payload.eq(ro.experts.payload),
+            eq.i.valid.eq(ro.experts.valid),
+            ro.experts.ready.eq(eq.i.ready),
+            dma.experts.valid.eq(ro.experts.valid & eq.i.ready),
+            dma.experts.payload.eq(ro.experts.payload.expert),
+        ]
+
+        # -- arguments ------------------------------------------------------------------------
+        task_q = Signal(8)
+        layer_q = Signal(8)
+        ubase = Signal.like(self.u_base)
+        xbase = Signal.like(self.x_base)
+        sbase = Signal.like(self.scratch_base)
+        lay = cfg.layout
+        bad_task = self.task >= cfg.num_tasks
+        bad_layer = self.layer >= cfg.num_layers
+        bad_image = ((self.image_bytes < lay.total_bytes) | (self.image_base[:12] != 0) |
+                     (self.image_base + lay.total_bytes > (1 << cfg.addr_width)))
+        m.d.comb += [
+            dma.image_base.eq(self.image_base),
+            dma.image_bytes.eq(self.image_bytes),
+            dma.layer.eq(self.layer),
+            dma.task.eq(self.task),
+        ]
+
+        # -- the compute unit's command and ext port --------------------------------------------
+        cmd_logits, cmd_fc1, cmd_fc2 = self._commands()
+        cmd_valid = Signal()
+        cmd = cu.cmd.payload
+        m.d.comb += cu.cmd.valid.eq(cmd_valid)
+        with m.If(cu.cmd.ready & cmd_valid):
+            m.d.sync += cmd_valid.eq(0)
+
+        def issue(const, m_rows, x_addr, y_addr):
+            """Statements that offer one command (held until the compute unit takes it)."""
+            stmts = [cmd_valid.eq(1)]
+            for name, value in const.items():
+                if name in ("m", "x_base", "y_base"):
+                    continue
+                stmts.append(getattr(cmd, name).eq(value))
+            stmts += [cmd.m.eq(m_rows), cmd.x_base.eq(x_addr), cmd.y_base.eq(y_addr)]
+            return stmts
+
+        ext_addr = Signal.like(cu.ext.addr)
+        ext_wen = Signal()
+        ext_wdata = Signal.like(cu.ext.w_data)
+        running = Signal()
+        with m.If(running):
+            m.d.comb += [cu.ext.addr.eq(ext_addr), cu.ext.w_en.eq(ext_wen),
+                         cu.ext.w_data.eq(ext_wdata)]
+        with m.Else():
+            m.d.comb += [cu.ext.addr.eq(self.ext.addr), cu.ext.w_en.eq(self.ext.w_en),
+                         cu.ext.w_data.eq(self.ext.w_data)]
+        m.d.comb += self.ext.r_data.eq(cu.ext.r_data)
+        r_data = cu.ext.r_data
+
+        # -- counters -------------------------------------------------------------------------
+        job = Signal(range(E + 1))
+        m.d.comb += [
+            dma.job.eq(job),
+            fd.job.eq(job),
+            self.busy.eq(running),
+            self.stall_cycles.eq(dma.stall_cycles),
+            self.bytes_fetched.eq(dma.bytes_fetched),
+            self.router_bytes.eq(dma.router_bytes),
+        ]
+        with m.If(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(fd.want & (job == 0)):
+                m.d.sync += self.first_stall_cycles.eq(self.first_stall_cycles + 1)
+            with m.If(fd.waiting & (fd.rd_part == ROUTER)):
+                m.d.sync += self.router_wait_cycles.eq(self.router_wait_cycles + 1)
+
+        # -- readout of the logits: abuf words → softmax beats --------------------------------
+        rq_layout = data.StructLayout({"data": data.ArrayLayout(signed(a.elem_bits), L),
+                                       "last": 1})
+        m.submodules.logit_q = lq = Queue(rq_layout, 4, buffered=False)
+        rd_issue = Signal()
+        rd_issue_q = Signal()
+        rd_last_q = Signal()
+        m.d.sync += rd_issue_q.eq(rd_issue)
+        m.d.comb += [
+            lq.i.valid.eq(rd_issue_q),
+            lq.i.payload.data.eq(r_data),
+            lq.i.payload.last.eq(rd_last_q),
+        ]
+        scale_c = int(round(1.0 / math.log(2.0) * (1 << nx.softmax_scale_frac)))
+        beats_per_row = -(-E // B)
+        sp = sm.i.payload
+        m.d.comb += [sp.scale.eq(scale_c), sp.fmt.eq(0)]
+        beat = Signal(range(beats_per_row + 1))
+        tail = E - (beats_per_row - 1) * B
+        last_beat = beat == beats_per_row - 1
+        m.d.comb += [sp.last.eq(last_beat), sp.count.eq(Mux(last_beat, tail, B))]
+        with m.If(sm.i.valid & sm.i.ready):
+            m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
+        iw = sm.config.in_width
+        if L >= B:
+            # One abuf word holds L/B beats.
+            per = L // B
+            s = Signal(range(per + 1))
+            for j in range(B):
+                lane = Array(lq.o.payload.data[si * B + j] for si in range(per))[s] \
+                    if per > 1 else lq.o.payload.data[j]
+                m.d.comb += sp.data[j].eq(lane[:iw].as_signed())
+            m.d.comb += sm.i.valid.eq(lq.o.valid)
+            with m.If(sm.i.valid & sm.i.ready):
+                m.d.sync += s.eq(s + 1)
+                with m.If((s == per - 1) | last_beat):
+                    m.d.sync += s.eq(0)
+                    m.d.comb += lq.o.ready.eq(1)
+        else:
+            # A beat gathers B/L abuf words (fewer at the end of a row).
+            per = B // L
+            acc = Signal(data.ArrayLayout(signed(iw), B))
+            pos = Signal(range(per + 1))
+            full = Signal()
+            m.d.comb += [sm.i.valid.eq(full), sp.data.eq(acc)]
+            with m.If(sm.i.valid & sm.i.ready):
+                m.d.sync += full.eq(0)
+            m.d.comb += lq.o.ready.eq(~full)
+            with m.If(lq.o.valid & ~full):
+                for pi in range(per):
+                    with m.If(pos == pi):
+                        for j in range(L):
+                            m.d.sync += acc[pi * L + j].eq(lq.o.payload.data[j][:iw].as_signed())
+                m.d.sync += pos.eq(pos + 1)
+                with m.If((pos == per - 1) | lq.o.payload.last):
+                    m.d.sync += [pos.eq(0), full.eq(1)]
+
+        # -- the sequencer --------------------------------------------------------------------
+        cur = Signal(expert_entry_layout(E, K, N))
+        row = Signal(range(N + 1))
+        word = Signal(range(max(Wd, We, 1) + 1))
+        tok = Signal(range(N))
+        t_data = Signal.like(r_data)
+        r_row = Signal(range(N + 1))       # readout: row and word being read
+        r_word = Signal(range(We + 1))
+        rd_base = Signal.like(ext_addr)
+        err_status = Signal(Status)
+
+        # Row addresses: base + row·words (constant multipliers).
+        def row_addr(base, index, words):
+            return base + index * words
+
+        m.d.comb += eq.o.ready.eq(0)
+        # Reorder list port: the sequencer reads entries offset + row.
+        list_addr = Signal.like(ro.rd_addr)
+        m.d.comb += ro.rd_addr.eq(list_addr)
+
+        # Score feed (row scales of fc2): list entries → cu.s, with credits.
+        m.submodules.score_q = sq = Queue(signed(nx.prob.width), 4, buffered=False)
+        flush = Signal()         # ERROR: drop queued scores and weights
+        m.d.comb += [
+            cu.s.payload.eq(sq.o.payload),
+            cu.s.valid.eq(sq.o.valid & ~flush),
+            sq.o.ready.eq(cu.s.ready | flush),
+            fd.abort.eq(flush),
+        ]
+        s_go = Signal()
+        s_active = Signal()
+        s_idx = Signal(range(N + 1))
+        s_issue = Signal()
+        s_issue_q = Signal()
+        m.d.sync += s_issue_q.eq(s_issue)
+        m.d.comb += [
+            sq.i.valid.eq(s_issue_q),
+            sq.i.payload.eq(ro.rd_data.score),
+            s_issue.eq(s_active & (sq.level + s_issue_q < 3)),
+        ]
+        with m.If(s_go):
+            m.d.sync += [s_active.eq(1), s_idx.eq(0)]
+        with m.Elif(s_issue):
+            m.d.sync += s_idx.eq(s_idx + 1)
+            with m.If(s_idx == cur.count - 1):
+                m.d.sync += s_active.eq(0)
+        with m.If(flush):
+            m.d.sync += s_active.eq(0)
+
+        def cu_done_check(next_state):
+            """Wait for the command's status; a refused command is an error."""
+            m.d.comb += cu.done.ready.eq(1)
+            with m.If(cu.done.valid):
+                with m.If(cu.done.payload.error != CUError.OK):
+                    m.d.sync += err_status.eq(Status.CU_ERROR)
+                    m.next = "ERROR"
+                with m.Elif(dma.error):
+                    m.d.sync += err_status.eq(Status.DMA_ERROR)
+                    m.next = "ERROR"
+                with m.Else():
+                    m.next = next_state
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        task_q.eq(self.task), layer_q.eq(self.layer),
+                        ubase.eq(self.u_base), xbase.eq(self.x_base),
+                        sbase.eq(self.scratch_base),
+                        self.cycles.eq(0), self.first_stall_cycles.eq(0),
+                        self.router_wait_cycles.eq(0), self.route_cycles.eq(0),
+                        self.done.eq(0), job.eq(0),
+                    ]
+                    with m.If(bad_task):
+                        m.d.sync += [self.status.eq(Status.BAD_TASK), self.done.eq(1)]
+                    with m.Elif(bad_layer):
+                        m.d.sync += [self.status.eq(Status.BAD_LAYER), self.done.eq(1)]
+                    with m.Elif(bad_image):
+                        m.d.sync += [self.status.eq(Status.BAD_IMAGE), self.done.eq(1)]
+                    with m.Else():
+                        m.d.comb += [dma.start.eq(1), ro.start.eq(1)]
+                        m.d.sync += running.eq(1)
+                        m.next = "LOGITS"
+
+            with m.State("LOGITS"):
+                # One product over all N tokens; the router weights stream from the DMA.
+                m.d.sync += issue(cmd_logits, N, ubase, sbase + cfg.gather_offset)
+                m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.ROUTER)]
+                m.next = "LOGITS_RUN"
+
+            with m.State("LOGITS_RUN"):
+                cu_done_check("READOUT")
+                m.d.sync += [r_row.eq(0), r_word.eq(0),
+                             rd_base.eq(sbase + cfg.gather_offset)]
+
+            with m.State("READOUT"):
+                # Read the N × We logit words into the softmax, with credits.
+                m.d.comb += [
+                    rd_issue.eq(lq.level + rd_issue_q < 3),
+                    ext_addr.eq(rd_base + r_word),
+                ]
+                with m.If(rd_issue):
+                    m.d.sync += [r_word.eq(r_word + 1), rd_last_q.eq(r_word == We - 1)]
+                    with m.If(r_word == We - 1):
+                        m.d.sync += [r_word.eq(0), r_row.eq(r_row + 1),
+                                     rd_base.eq(rd_base + We)]
+                        with m.If(r_row == N - 1):
+                            m.next = "EXPERT"
+
+            with m.State("EXPERT"):
+                # The next used expert (Reorder emits them after the last token is routed).
+                m.d.comb += eq.o.ready.eq(1)
+                with m.If(eq.o.valid):
+                    m.d.sync += [cur.eq(eq.o.payload), row.eq(0)]
+                    with m.If(job == 0):
+                        m.d.sync += self.route_cycles.eq(self.cycles)
+                    m.next = "G_TOK"
+
+            with m.State("G_TOK"):
+                m.d.comb += list_addr.eq(cur.offset + row)
+                m.next = "G_TOK2"
+
+            with m.State("G_TOK2"):
+                m.d.sync += [tok.eq(ro.rd_data.token), word.eq(0)]
+                m.next = "G_RD"
+
+            with m.State("G_RD"):
+                m.d.comb += ext_addr.eq(row_addr(ubase, tok, Wd) + word)
+                m.next = "G_WR"
+
+            with m.State("G_WR"):
+                m.d.comb += [
+                    ext_addr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word),
+                    ext_wen.eq(1),
+                    ext_wdata.eq(r_data),
+                ]
+                m.d.sync += word.eq(word + 1)
+                m.next = "G_RD"
+                with m.If(word == Wd - 1):
+                    m.d.sync += [word.eq(0), row.eq(row + 1)]
+                    m.next = "G_TOK"
+                    with m.If(row == cur.count - 1):
+                        m.next = "FC1"
+
+            with m.State("FC1"):
+                m.d.sync += issue(cmd_fc1, cur.count, sbase + cfg.gather_offset,
+                                  sbase + cfg.hidden_offset)
+                m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC1)]
+                m.next = "FC1_RUN"
+
+            with m.State("FC1_RUN"):
+                cu_done_check("FC2")
+
+            with m.State("FC2"):
+                m.d.sync += issue(cmd_fc2, cur.count, sbase + cfg.hidden_offset,
+                                  sbase + cfg.gather_offset)
+                m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC2), s_go.eq(1)]
+                m.next = "FC2_RUN"
+
+            with m.State("FC2_RUN"):
+                m.d.comb += list_addr.eq(cur.offset + s_idx)
+                cu_done_check("RELEASE")
+
+            with m.State("RELEASE"):
+                # The bank's weights are consumed: the DMA may refill it with job + 2.
+                m.d.comb += dma.release.eq(1)
+                m.d.sync += row.eq(0)
+                m.next = "C_TOK"
+
+            with m.State("C_TOK"):
+                m.d.comb += list_addr.eq(cur.offset + row)
+                m.next = "C_TOK2"
+
+            with m.State("C_TOK2"):
+                m.d.sync += [tok.eq(ro.rd_data.token), word.eq(0)]
+                m.next = "C_RD_T"
+
+            with m.State("C_RD_T"):
+                m.d.comb += ext_addr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word)
+                m.next = "C_RD_X"
+
+            with m.State("C_RD_X"):
+                m.d.comb += ext_addr.eq(row_addr(xbase, tok, Wd) + word)
+                m.d.sync += t_data.eq(r_data)
+                m.next = "C_WR"
+
+            with m.State("C_WR"):
+                m.d.comb += [ext_addr.eq(row_addr(xbase, tok, Wd) + word), ext_wen.eq(1)]
+                act = nx.act
+                for j in range(L):
+                    total = r_data[j] + t_data[j]
+                    m.d.comb += ext_wdata[j].eq(Mux(total > act.max_int, act.max_int,
+                                                    Mux(total < act.min_int, act.min_int,
+                                                        total)))
+                m.d.sync += word.eq(word + 1)
+                m.next = "C_RD_T"
+                with m.If(word == Wd - 1):
+                    m.d.sync += [word.eq(0), row.eq(row + 1)]
+                    m.next = "C_TOK"
+                    with m.If(row == cur.count - 1):
+                        m.d.sync += job.eq(job + 1)
+                        m.next = "EXPERT"
+                        with m.If(cur.last):
+                            m.next = "FINISH"
+
+            with m.State("FINISH"):
+                with m.If(~dma.busy & ~fd.busy):
+                    with m.If(dma.error):
+                        m.d.sync += self.status.eq(Status.DMA_ERROR)
+                    with m.Else():
+                        m.d.sync += self.status.eq(Status.OK)
+                    m.d.sync += [self.done.eq(1), running.eq(0), self.n_used.eq(ro.n_used)]
+                    m.next = "IDLE"
+
+            with m.State("ERROR"):
+                # Let the DMA drain its outstanding reads and drop queued operands, then report.
+                # (After CU_ERROR the compute unit's weight queue may hold words of the refused
+                # command: reset the unit before it is used again.)
+                m.d.comb += flush.eq(1)
+                with m.If(~dma.busy & ~fd.busy & ~cu.busy & ~sq.o.valid):
+                    m.d.sync += [self.status.eq(err_status), self.done.eq(1), running.eq(0),
+                                 self.n_used.eq(ro.n_used)]
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,284 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Patch reordering: a counting sort of the tokens into per-expert lists, on chip.
+
+Bit-exact with :func:`golden.qref.reorder`: the used experts in ascending id, each with its
+tokens in ascending token order and the score that token gave the expert; unused experts do not
+appear.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+from .topk import _positive_int, check_moe_shape, route_layout
+
+__all__ = ["Reorder", "expert_entry_layout", "list_entry_layout"]
+
+
+def expert_entry_layout(num_experts, k, tokens):
+    """Layout of one used expert: ``expert`` id, ``offset`` of its first list entry, ``count``
+    of its tokens (≥ 1), and ``last`` (the final used expert)."""
+    return data.StructLayout({
+        "expert": unsigned(bits_for(num_experts - 1)),
+        "offset": unsigned(bits_for(max(tokens * k - 1, 1))),
+        "count": unsigned(bits_for(tokens)),
+        "last": unsigned(1),
+    })
+
+
+def list_entry_layout(tokens, score_width=16):
+    """Layout of one list entry: the ``token`` index and its router ``score``."""
+    return data.StructLayout({
+        "token": unsigned(bits_for(max(tokens - 1, 1))),
+        "score": signed(score_width),
+    })
+
+
+class Reorder(wiring.Component):
+    """Counting sort of ``tokens`` routings into per-expert token lists.
+
+    Phases, after a ``start`` pulse:
+
+    ``COLLECT`` (``tokens`` transfers on ``i``, one per cycle at most)
+        The routing of token ``t`` is stored at ``t`` in the route memory, and the counter of
+        each of its ``k`` experts is incremented (``E`` registers).
+    ``PREFIX`` (``E`` cycles)
+        ``base[e] = Σ_{e' < e} count[e']``; the write pointers start at ``base``.
+    ``SCATTER`` (``tokens·k + 1`` cycles)
+        Token by token, slot by slot, ``(t, score)`` is written to ``list[wptr[e]++]``: every
+        expert's list is contiguous, in ascending token order.
+    ``EMIT`` (one cycle per used expert)
+        The used experts (``count ≠ 0``) leave on ``experts`` in ascending id; a priority
+        encoder finds the next one, so unused experts cost no cycle.
+    ``DONE``
+        The lists stay readable through ``rd_addr``/``rd_data`` until the next ``start``.
+
+    Every count is bounded by ``tokens`` (one entry per token per expert at most), and the
+    lists fill exactly ``tokens·k`` entries, so no routing can overflow a list or stall the
+    unit: one expert receiving every token, experts with no token and tied scores all take
+    the same number of cycles. An expert index ≥ E (impossible from :class:`TopK`) is dropped
+    in both passes and sets the sticky ``error``.
+
+    Parameters
+    ----------
+    num_experts : int
+        E, 1..64.
+    k : int
+        Experts per token, 1..min(4, E).
+    tokens : int
+        Tokens per frame, N.
+    score_width : int
+        Width of a score.
+
+    Members
+    -------
+    start : In(1)
+        Pulse: forget the previous frame and collect a new one (in any phase).
+    i : In(stream.Signature(route_layout(num_experts, k, score_width)))
+        Routings of tokens ``0 .. N − 1`` in order. Ready in ``COLLECT`` only (a register).
+    experts : Out(stream.Signature(expert_entry_layout(num_experts, k, tokens)))
+        The used experts in ascending id, ``last`` on the final one. The payload comes from
+        registers and does not depend on ``ready``.
+    rd_addr : In(range(tokens·k))
+        List entry to read.
+    rd_data : Out(list_entry_layout(tokens, score_width))
+        The entry at ``rd_addr`` of the previous cycle (a synchronous read port).
+    n_used : Out(range(E + 1))
+        Number of used experts; valid from ``SCATTER`` on.
+    done : Out(1)
+        High in ``DONE``: every used expert has been emitted.
+    busy : Out(1)
+        High from ``start`` until ``DONE``.
+    error : Out(1)
+        Sticky until the next ``start``: an expert index ≥ E was received.
+    """
+
+    def __init__(self, *, num_experts, k, tokens, score_width=16):
+        check_moe_shape(num_experts, k)
+        _positive_int("tokens", tokens)
+        _positive_int("score_width", score_width)
+        self._num_experts = num_experts
+        self._k = k
+        self._tokens = tokens
+        self._score_width = score_width
+        super().__init__({
+            "start": In(1),
+            "i": In(stream.Signature(route_layout(num_experts, k, score_width))),
+            "experts": Out(stream.Signature(expert_entry_layout(num_experts, k, tokens))),
+            "rd_addr": In(range(tokens * k)),
+            "rd_data": Out(list_entry_layout(tokens, score_width)),
+            "n_used": Out(range(num_experts + 1)),
+            "done": Out(1),
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    @property
+    def num_experts(self):
+        """Number of experts E."""
+        return self._num_experts
+
+    @property
+    def k(self):
+        """Experts per token."""
+        return self._k
+
+    @property
+    def tokens(self):
+        """Tokens per frame."""
+        return self._tokens
+
+    @property
+    def list_depth(self):
+        """Entries of the list memory, ``tokens·k``."""
+        return self._tokens * self._k
+
+    def tail_cycles(self, n_used):
+        """Cycles from the transfer of the last routing on ``i`` to the first cycle of ``done``,
+        when ``experts`` is always ready: ``E + N·k + n_used + 2`` (the routings themselves take
+        one cycle each at most)."""
+        return self._num_experts + self._tokens * self._k + n_used + 2
+
+    def elaborate(self, platform):
+        m = Module()
+        E, k, N = self._num_experts, self._k, self._tokens
+        rlayout = route_layout(E, k, self._score_width)
+        elayout = list_entry_layout(N, self._score_width)
+        pos_shape = unsigned(bits_for(N * k))
+        cnt_shape = unsigned(bits_for(N))
+
+        m.submodules.route_mem = route_mem = Memory(shape=rlayout, depth=N, init=[])
+        m.submodules.list_mem = list_mem = Memory(shape=elayout, depth=N * k, init=[])
+        route_w = route_mem.write_port()
+        route_r = route_mem.read_port()
+        list_w = list_mem.write_port()
+        list_r = list_mem.read_port()
+        m.d.comb += [
+            list_r.addr.eq(self.rd_addr),
+            self.rd_data.eq(list_r.data),
+        ]
+
+        count = [Signal(cnt_shape, name=f"count{e}") for e in range(E)]
+        base = [Signal(pos_shape, name=f"base{e}") for e in range(E)]
+        wptr = [Signal(pos_shape, name=f"wptr{e}") for e in range(E)]
+        used = Signal(E)
+        m.d.comb += used.eq(Cat(c != 0 for c in count))
+
+        t = Signal(range(N + 1))
+        j = Signal(range(k))
+        e_ctr = Signal(range(E))
+        run = Signal(pos_shape)
+        primed = Signal()
+        remaining = Signal(E)
+
+        m.d.comb += self.busy.eq(0)
+        with m.If(self.start):
+            m.d.sync += [c.eq(0) for c in count]
+            m.d.sync += [t.eq(0), self.error.eq(0)]
+
+        with m.FSM(name="phase"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "COLLECT"
+
+            with m.State("COLLECT"):
+                m.d.comb += [
+                    self.busy.eq(1),
+                    self.i.ready.eq(~self.start),
+                    route_w.addr.eq(t),
+                    route_w.data.eq(self.i.payload),
+                ]
+                with m.If(self.i.valid & ~self.start):
+                    m.d.comb += route_w.en.eq(1)
+                    m.d.sync += t.eq(t + 1)
+                    for e in range(E):
+                        hits = [self.i.payload.idx[s] == e for s in range(k)]
+                        m.d.sync += count[e].eq(count[e] + sum(h.as_unsigned() for h in hits))
+                    for s in range(k):
+                        with m.If(self.i.payload.idx[s] >= E):
+                            m.d.sync += self.error.eq(1)
+                    with m.If(t == N - 1):
+                        m.d.sync += [e_ctr.eq(0), run.eq(0), self.n_used.eq(0)]
+                        m.next = "PREFIX"
+
+                with m.If(self.start):
+                    m.next = "COLLECT"
+
+            with m.State("PREFIX"):
+                m.d.comb += self.busy.eq(1)
+                n_cnt = Array(count)[e_ctr]
+                m.d.sync += [
+                    Array(base)[e_ctr].eq(run),
+                    Array(wptr)[e_ctr].eq(run),
+                    run.eq(run + n_cnt),
+                    e_ctr.eq(e_ctr + 1),
+                    # Counted here, one expert per cycle, rather than by a popcount.
+                    self.n_used.eq(self.n_used + (n_cnt != 0)),
+                ]
+                with m.If(e_ctr == E - 1):
+                    m.d.sync += [t.eq(0), j.eq(0), primed.eq(0)]
+                    m.next = "SCATTER"
+
+                with m.If(self.start):
+                    m.next = "COLLECT"
+
+            with m.State("SCATTER"):
+                m.d.comb += self.busy.eq(1)
+                advance = primed & (j == k - 1)
+                m.d.comb += route_r.addr.eq(Mux(advance, t + 1, t))
+                m.d.sync += primed.eq(1)
+                with m.If(primed):
+                    slot_idx = Array(route_r.data.idx[s] for s in range(k))[j]
+                    slot_score = Array(route_r.data.score[s] for s in range(k))[j]
+                    m.d.comb += [
+                        list_w.addr.eq(Array(wptr)[slot_idx]),
+                        list_w.data.token.eq(t),
+                        list_w.data.score.eq(slot_score),
+                        list_w.en.eq(slot_idx < E),
+                    ]
+                    with m.If(slot_idx < E):
+                        m.d.sync += Array(wptr)[slot_idx].eq(Array(wptr)[slot_idx] + 1)
+                    m.d.sync += j.eq(Mux(j == k - 1, 0, j + 1))
+                    with m.If(j == k - 1):
+                        m.d.sync += t.eq(t + 1)
+                        with m.If(t == N - 1):
+                            m.d.sync += remaining.eq(used)
+                            m.next = "EMIT"
+
+                with m.If(self.start):
+                    m.next = "COLLECT"
+
+            with m.State("EMIT"):
+                m.d.comb += self.busy.eq(1)
+                # Priority encoder: the lowest remaining expert.
+                sel = Signal(range(E))
+                for e in reversed(range(E)):
+                    with m.If(remaining[e]):
+                        m.d.comb += sel.eq(e)
+                lowest = Signal(E)
+                m.d.comb += lowest.eq(remaining & (~remaining + 1))   # isolate the lowest 1
+                m.d.comb += [
+                    self.experts.valid.eq(remaining != 0),
+                    self.experts.payload.expert.eq(sel),
+                    self.experts.payload.offset.eq(Array(base)[sel]),
+                    self.experts.payload.count.eq(Array(count)[sel]),
+                    self.experts.payload.last.eq((remaining & ~lowest) == 0),
+                ]
+                with m.If(self.experts.ready & (remaining != 0)):
+                    m.d.sync += remaining.eq(remaining & ~lowest)
+                with m.If((remaining == 0) | (self.experts.ready &
+                                              ((remaining & ~lowest) == 0))):
+                    m.next = "DONE"
+
+                with m.If(self.start):
+                    m.next = "COLLECT"
+
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                with m.If(self.start):
+                    m.next = "COLLECT"
+
+        return m
+

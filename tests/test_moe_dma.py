@@ -1,0 +1,208 @@
+# amaranth: UnusedElaboratable=no
+# SPDX-License-Identifier: BSD-2-Clause
+"""Tests of hdl/moe/dma.py: the expert-weight DMA scheduler against the DDR model, with the AXI
+protocol checker on every port."""
+
+import random
+from functools import partial
+
+import numpy as np
+import pytest
+
+from hdl.moe.dma import ROUTER, ExpertDMA, choose_ports
+from hdl.moe.layout import PARTS, ImageLayout
+from sim.axi_check import AXI4Checker
+from sim.ddr import DDRModel
+from sim.harness import run_sim
+from sim.streams import check_stream_rules, put_all
+
+BASE = 0x10000
+
+
+def _image(lay, seed):
+    return np.random.default_rng(seed).integers(0, 256, size=lay.total_bytes,
+                                                dtype=np.uint8).tobytes()
+
+
+def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, latency=20,
+            jitter=8, bytes_per_cycle=None, compute_cycles=0, image_bytes=None, slverr=None,
+            check_data=True, sim_args=None, expect_error=False, start_twice=False):
+    dut = ExpertDMA(lay, ports=ports, read_words=read_words)
+    image = _image(lay, seed)
+    mem_size = BASE + (-(-lay.total_bytes // 4096) + 1) * 4096
+    ddrs, checkers = [], []
+    for p, bus in enumerate(dut.buses):
+        ddr = DDRModel(bus, size=mem_size, latency=latency, jitter=jitter, seed=seed + p,
+                       bytes_per_cycle=bytes_per_cycle, p_addr_stall=0.1,
+                       slverr_range=slverr)
+        ddr.write(BASE, image)
+        ddrs.append(ddr)
+        checkers.append(AXI4Checker(bus, name=f"bus{p}"))
+    wb = lay.word_bytes
+    R = read_words
+    res = {"ready_cycle": [], "release_cycle": []}
+
+    async def read_part(ctx, bank, part, nbytes):
+        words = []
+        nreads = -(-nbytes // (wb * R))
+        for a in range(nreads):
+            ctx.set(dut.rd_bank, bank)
+            ctx.set(dut.rd_part, part)
+            ctx.set(dut.rd_addr, a)
+            await ctx.tick()
+            v = ctx.get(dut.rd_data)
+            words.append(v.to_bytes(wb * R, "little"))
+        return b"".join(words)[:nbytes]
+
+    async def tb(ctx):
+        rng = random.Random(seed)
+        cycle = [0]
+
+        async def tick(n=1):
+            for _ in range(n):
+                await ctx.tick()
+                cycle[0] += 1
+
+        ctx.set(dut.image_base, BASE)
+        ctx.set(dut.image_bytes, lay.total_bytes if image_bytes is None else image_bytes)
+        ctx.set(dut.layer, layer)
+        ctx.set(dut.task, task)
+        for _ in range(2 if start_twice else 1):
+            ctx.set(dut.start, 1)
+            await tick()
+            ctx.set(dut.start, 0)
+        if expect_error:
+            await put_all(ctx, dut.experts, experts)
+            for _ in range(2000):
+                if ctx.get(dut.error) and not ctx.get(dut.busy):
+                    break
+                await tick()
+            assert ctx.get(dut.error)
+            await tick(50)
+            assert not ctx.get(dut.busy)
+            res["bytes"] = ctx.get(dut.bytes_fetched)
+            return
+        await put_all(ctx, dut.experts, experts, rng=rng, p_idle=0.3)
+        while not ctx.get(dut.router_ready):
+            await tick()
+        if check_data:
+            off = lay.router_offset(layer, task)
+            nb = lay.part_bytes("router")
+            assert await read_part(ctx, 0, ROUTER, nb) == image[off:off + nb]
+        for i, e in enumerate(experts):
+            ctx.set(dut.job, i)
+            for part in range(len(PARTS)):
+                ctx.set(dut.want_part, part)
+                ctx.set(dut.want, 1)
+                while True:
+                    await tick()
+                    if ctx.get(dut.ready) >> part & 1:
+                        break
+                ctx.set(dut.want, 0)
+                if part == 0:
+                    res["ready_cycle"].append(cycle[0])
+                if check_data:
+                    off = lay.part_offset(layer, e, PARTS[part])
+                    nb = lay.part_bytes(PARTS[part])
+                    got = await read_part(ctx, i % 2, part, nb)
+                    assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
+            await tick(compute_cycles)
+            ctx.set(dut.release, 1)
+            await tick()
+            ctx.set(dut.release, 0)
+            res["release_cycle"].append(cycle[0])
+        while ctx.get(dut.busy):
+            await tick()
+        assert not ctx.get(dut.error)
+        res["bytes"] = ctx.get(dut.bytes_fetched)
+        res["router_bytes"] = ctx.get(dut.router_bytes)
+        res["stall"] = ctx.get(dut.stall_cycles)
+        res["cycles"] = cycle[0]
+
+    background = [d.testbench for d in ddrs] + [c.testbench for c in checkers]
+    background.append(partial(check_stream_rules, stream=dut.experts, name="experts"))
+    run_sim(dut, [tb], background=background, deadline_cycles=400_000, **(sim_args or {}))
+    res["bursts"] = [b for c in checkers for b in c.read_bursts]
+    return res
+
+
+SMALL = ImageLayout(num_layers=2, num_experts=4, num_tasks=2, dim=16, hidden=32)
+
+
+@pytest.mark.parametrize("ports, read_words", [(1, 1), (1, 2), (2, 1), (4, 2)])
+def test_fetches_every_used_expert_once(ports, read_words, sim_args):
+    experts = [0, 2, 3]
+    res = run_dma(SMALL, experts, ports=ports, read_words=read_words, task=1, layer=1,
+                  seed=ports + read_words, sim_args=sim_args)
+    assert res["bytes"] == len(experts) * SMALL.bytes_for_expert()
+    assert res["router_bytes"] == SMALL.bytes_for_router()
+    # The bus saw exactly those bytes: nothing fetched twice, no padding fetched.
+    total = sum(beats for _, beats in res["bursts"]) * SMALL.word_bytes
+    assert total == res["bytes"] + res["router_bytes"]
+
+
+@pytest.mark.parametrize("E", [4, 16, 64])
+def test_all_expert_counts(E, sim_args):
+    lay = ImageLayout(num_layers=1, num_experts=E, num_tasks=2, dim=8, hidden=16)
+    rng = np.random.default_rng(E)
+    experts = sorted(rng.choice(E, size=min(E, 5), replace=False).tolist())
+    experts[-1] = E - 1
+    res = run_dma(lay, experts, ports=2, seed=E, sim_args=sim_args)
+    assert res["bytes"] == len(experts) * lay.bytes_for_expert()
+
+
+def test_single_expert(sim_args):
+    res = run_dma(SMALL, [3], sim_args=sim_args)
+    assert res["bytes"] == SMALL.bytes_for_expert()
+
+
+def test_prefetch_overlaps_compute(sim_args):
+    """With compute slower than the fetch, job i+1 is ready before job i is released and the
+    consumer waits only for the first expert."""
+    lay = ImageLayout(num_layers=1, num_experts=4, num_tasks=1, dim=16, hidden=32)
+    fetch = lay.bytes_for_expert() // lay.word_bytes
+    res = run_dma(lay, [0, 1, 2, 3], latency=30, jitter=0, compute_cycles=2 * fetch + 100,
+                  check_data=False, sim_args=sim_args)
+    for i in range(1, 4):
+        assert res["ready_cycle"][i] <= res["release_cycle"][i - 1] + 1
+    # Only job 0 waited (its four parts); all later parts were ready when asked for.
+    first_wait = res["ready_cycle"][0]
+    assert res["stall"] <= first_wait + 4 * 2 * fetch
+
+
+def test_bandwidth_bound(sim_args):
+    """At a quarter beat per cycle the fetch dominates: the consumer stalls, bytes still exact."""
+    res = run_dma(SMALL, [1, 2], bytes_per_cycle=4, check_data=False, sim_args=sim_args)
+    assert res["bytes"] == 2 * SMALL.bytes_for_expert()
+    assert res["stall"] > 2 * SMALL.bytes_for_expert() // 4 // 2
+
+
+@pytest.mark.parametrize("kw", [
+    dict(task=2), dict(layer=2), dict(image_bytes=SMALL.total_bytes - 1),
+])
+def test_bad_arguments_error_no_hang(kw, sim_args):
+    res = run_dma(SMALL, [0, 1], expect_error=True, sim_args=sim_args, **kw)
+    assert res["bytes"] == 0
+
+
+def test_axi_error_is_reported_and_drains(sim_args):
+    off = SMALL.part_offset(0, 1, "fc2_w")
+    res = run_dma(SMALL, [0, 1, 2], expect_error=True, slverr=(BASE + off, BASE + off + 16),
+                  sim_args=sim_args)
+    assert res["bytes"] <= 3 * SMALL.bytes_for_expert()
+
+
+def test_choose_ports():
+    assert choose_ports(10, 16) == 1
+    assert choose_ports(30, 16) == 2
+    assert choose_ports(40, 16) == 4
+    assert choose_ports(400, 16) == 4
+
+
+@pytest.mark.parametrize("kw, exc", [
+    (dict(ports=3), ValueError), (dict(ports=8), ValueError), (dict(read_words=3), ValueError),
+    (dict(read_words=32), ValueError), (dict(ports=1.0), TypeError),
+])
+def test_bad_parameters(kw, exc):
+    with pytest.raises(exc):
+        ExpertDMA(SMALL, **kw)

@@ -1,0 +1,202 @@
+# amaranth: UnusedElaboratable=no
+# SPDX-License-Identifier: BSD-2-Clause
+"""Tests of hdl/moe/layer.py: whole MoE layers in simulation, bit-exact against the integer
+twin, with the DDR model (latency, jitter, bandwidth cap) and the AXI checker on every port."""
+
+import numpy as np
+import pytest
+
+from golden.config import ModelConfig, get_config
+from hdl.moe.layer import MoELayer, MoELayerConfig, Status
+from hdl.moe.layout import pack
+from hdl.systolic.config import ArrayConfig, ComputeConfig
+from sim.axi_check import AXI4Checker
+from sim.bench.moe import (BASE, compute_config, measure, moe_block_reference, simulate_layer,
+                           synthetic_case)
+from sim.ddr import DDRModel
+from sim.harness import run_sim
+
+MICRO = get_config("micro")
+ARRAY = 4          # a 4 × 4 PE array keeps the pure-Python simulations short
+
+
+def _synth_cfg(E, k, *, D=8, Hd=8, img=32, T=2):
+    return ModelConfig(name=f"synth-e{E}-k{k}", img_h=img, img_w=img, dim=D, depth=2, heads=1,
+                       mlp_hidden=4 * D, num_experts=E, top_k=k, expert_hidden=Hd,
+                       num_tasks=T)
+
+
+def _check(res, qm, u, x, task, layer=0):
+    cfg = qm.cfg
+    ref, info = moe_block_reference(qm, cfg.moe_blocks[layer], task, u, x)
+    assert res["status"] == Status.OK
+    assert np.array_equal(res["x"], ref), \
+        f"first difference at {np.argwhere(res['x'] != ref)[:3].tolist()}"
+    lay = res["config"].layout
+    assert res["n_used"] == len(info["experts"])
+    assert res["bytes_fetched"] == len(info["experts"]) * lay.bytes_for_expert()
+    assert res["router_bytes"] == lay.bytes_for_router()
+    # The bus carried exactly the used experts (once each) and the router.
+    beats = sum(n for _, n in res["bursts"])
+    assert beats * lay.word_bytes == res["bytes_fetched"] + res["router_bytes"] + \
+        (res["prior"]["bytes_fetched"] + res["prior"]["router_bytes"] if "prior" in res else 0)
+    return info
+
+
+def test_micro_bit_exact_against_twin_with_task_switch(sim_args):
+    """Block 1 of micro from the float model's checkpoint, task 0 then task 1 (a task switch
+    between frames, no reset): both equal the twin's block output."""
+    pytest.importorskip("torch")
+    from golden.checkpoint import init_model, seeded_image
+    from golden.twin import quantize_image, quantize_params, twin_forward
+    qm = quantize_params(init_model(MICRO, 7).state_dict(), MICRO)
+    image = quantize_image(seeded_image(MICRO, 3), MICRO)
+    taps = [{}, {}]
+    for t in range(2):
+        twin_forward(qm, image, t, taps[t])
+    blk = MICRO.moe_blocks[0]
+    u, x = taps[0][f"block{blk}.ln2"], taps[0][f"block{blk}.resid1"]
+    # Attention and LN2 do not depend on the task before the first MoE block.
+    assert np.array_equal(u, taps[1][f"block{blk}.ln2"])
+    compute = compute_config(MICRO, ARRAY, ARRAY)
+    res = simulate_layer(qm, u, x, 0, 1, compute, prior_task=0, latency=40, jitter=16, seed=1,
+                         p_addr_stall=0.1, **sim_args)
+    assert np.array_equal(res["prior"]["x"], taps[0][f"block{blk}"])
+    assert np.array_equal(res["x"], taps[1][f"block{blk}"])
+    assert res["status"] == Status.OK and res["prior"]["status"] == Status.OK
+    _check(res, qm, u, x, 1)
+    # The switch costs only the router load (which every layer pays anyway): at most the
+    # router's bytes at one beat per cycle, plus the DDR latency and jitter and the masters'
+    # pipeline.
+    limit = res["router_bytes"] // 16 + 40 + 16 + 16
+    assert res["router_wait_cycles"] <= limit and res["prior"]["router_wait_cycles"] <= limit
+
+
+@pytest.mark.parametrize("routing", ["tied", "skewed"])
+def test_micro_skewed_routings(routing, sim_args):
+    """All scores tied (experts 0..k−1 for every token) and every token to the last expert:
+    complete, bit-exact, unused experts skipped and never fetched."""
+    qm, u, x = synthetic_case(MICRO, 5, routing)
+    compute = compute_config(MICRO, ARRAY, ARRAY)
+    res = simulate_layer(qm, u, x, 0, 0, compute, latency=30, jitter=30, seed=2, **sim_args)
+    info = _check(res, qm, u, x, 0)
+    used = [e for e, _, _ in info["experts"]]
+    E, N = MICRO.num_experts, MICRO.tokens
+    assert used == ([0, 1] if routing == "tied" else [0, E - 1])
+    assert all(len(tok) == N for _, tok, _ in info["experts"])
+
+
+@pytest.mark.parametrize("E, k, img, ports", [
+    (4, 4, 32, 2),       # k = E: every expert gets every token
+    (16, 2, 48, 1),
+    (64, 1, 48, 4),
+])
+def test_expert_counts_and_top_k(E, k, img, ports, sim_args):
+    cfg = _synth_cfg(E, k, img=img)
+    qm, u, x = synthetic_case(cfg, E + k, "random")
+    compute = compute_config(cfg, ARRAY, ARRAY)
+    res = simulate_layer(qm, u, x, 0, 1, compute, ports=ports, latency=25, jitter=10,
+                         seed=E, **sim_args)
+    _check(res, qm, u, x, 1)
+
+
+def test_stalls_follow_the_bandwidth():
+    """With the bandwidth above the compute unit's weight consumption the compute unit never
+    waits for weights between experts; far below it, it does and the bench says so."""
+    fast = measure("micro", rows=ARRAY, cols=ARRAY, latency=100, jitter=16, seed=3)
+    assert fast["bit_exact"] and fast["bandwidth_covers_compute"]
+    assert fast["stall_cycles_between_experts"] == 0
+    assert fast["bytes_fetched"] == fast["bytes_expected"]
+    slow = measure("micro", rows=ARRAY, cols=ARRAY, latency=100, jitter=16, seed=3,
+                   port_bytes=4.0, ports=1)
+    assert slow["bit_exact"] and not slow["bandwidth_covers_compute"]
+    assert slow["bottleneck"] == "ddr" and slow["stall_cycles_between_experts"] > 0
+    assert slow["cycles"] >= slow["ddr_bound_cycles"]
+
+
+def _bare_run(qm, steps, sim_args, *, slverr=None):
+    """Run ``steps`` [(task, layer, image_bytes)] back to back on one engine; return the
+    statuses and counters."""
+    cfg = qm.cfg
+    compute = compute_config(cfg, ARRAY, ARRAY)
+    lc = MoELayerConfig.for_model(cfg, compute)
+    image, _ = pack(qm, lc.data_width, order=lc.order)
+    dut = MoELayer(lc)
+    ddr = DDRModel(dut.bus0, size=BASE + len(image) + 8192, latency=20, jitter=5,
+                   slverr_range=slverr)
+    ddr.write(BASE, image)
+    checker = AXI4Checker(dut.bus0)
+    out = []
+    N, Wd = cfg.tokens, lc.row_words
+
+    async def tb(ctx):
+        for task, layer, nbytes in steps:
+            ctx.set(dut.task, task)
+            ctx.set(dut.layer, layer)
+            ctx.set(dut.image_base, BASE)
+            ctx.set(dut.image_bytes, len(image) if nbytes is None else nbytes)
+            ctx.set(dut.u_base, 0)
+            ctx.set(dut.x_base, N * Wd)
+            ctx.set(dut.scratch_base, 2 * N * Wd)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            await ctx.tick().until(dut.done)
+            out.append((Status(ctx.get(dut.status)), ctx.get(dut.bytes_fetched),
+                        ctx.get(dut.busy)))
+
+    run_sim(dut, [tb], background=[ddr.testbench, checker.testbench],
+            deadline_cycles=100_000, **sim_args)
+    return out, lc
+
+
+def test_bad_inputs_give_an_error_status(sim_args):
+    """Task out of range, layer out of range, an image smaller than the layout: an error
+    status at once, nothing fetched, and the engine still runs a good layer afterwards."""
+    qm, _, _ = synthetic_case(MICRO, 0)
+    steps = [(2, 0, None), (0, 1, None), (0, 0, 1000), (1, 0, None)]
+    out, lc = _bare_run(qm, steps, sim_args)
+    assert [s for s, _, _ in out] == [Status.BAD_TASK, Status.BAD_LAYER, Status.BAD_IMAGE,
+                                      Status.OK]
+    assert all(b == 0 for _, b, _ in out[:3])
+    assert not any(busy for _, _, busy in out)
+
+
+def test_axi_error_ends_the_layer(sim_args):
+    qm, _, _ = synthetic_case(MICRO, 0, "tied")
+    compute = compute_config(MICRO, ARRAY, ARRAY)
+    lc = MoELayerConfig.for_model(MICRO, compute)
+    off = lc.layout.part_offset(0, 1, "fc2_w")
+    out, _ = _bare_run(qm, [(0, 0, None)], sim_args, slverr=(BASE + off, BASE + off + 16))
+    assert out[0][0] == Status.DMA_ERROR and not out[0][2]
+
+
+def test_config_validation():
+    compute = ComputeConfig(ArrayConfig(4, 4), max_m=8, max_k=64, max_n=64, abuf_depth=512)
+    base = dict(num_experts=4, k=2, tokens=5, dim=32, hidden=64, num_tasks=2, num_layers=1,
+                compute=compute)
+    with pytest.raises(ValueError, match=r"k \(3\) must not exceed the number of experts"):
+        MoELayerConfig(**{**base, "k": 3, "num_experts": 2})
+    with pytest.raises(ValueError, match=r"k must be an integer in the range 1..4, not 5"):
+        MoELayerConfig(**{**base, "k": 5, "num_experts": 8})
+    with pytest.raises(ValueError, match="num_experts must be an integer in the range 1..64"):
+        MoELayerConfig(**{**base, "num_experts": 65})
+    with pytest.raises(ValueError, match="exceeds the compute unit's limits"):
+        MoELayerConfig(**{**base, "tokens": 9})
+    with pytest.raises(ValueError, match="must be a power of two"):
+        MoELayerConfig(**{**base, "compute": ComputeConfig(ArrayConfig(3, 4), max_m=8,
+                                                             max_k=64, max_n=64)})
+    with pytest.raises(ValueError, match="GELU"):
+        MoELayerConfig(**{**base, "compute": ComputeConfig(ArrayConfig(4, 4), max_m=8,
+                                                             max_k=64, max_n=64, gelu=False)})
+    with pytest.raises(TypeError, match="compute must be a ComputeConfig"):
+        MoELayerConfig(**{**base, "compute": None})
+    lc = MoELayerConfig(**base)
+    assert lc.ports == 1 and lc.weight_bytes_per_cycle == 8
+    big = MoELayerConfig(**{**base, "compute": ComputeConfig(ArrayConfig(16, 16), max_m=8,
+                                                               max_k=64, max_n=64)})
+    assert big.ports == 2 and big.read_words == 4
+    with pytest.raises(ValueError, match="ports must be 1, 2 or 4"):
+        MoELayerConfig(**{**base, "ports": 8})
+    with pytest.raises(ValueError, match="ports must be a power of two"):
+        MoELayerConfig(**{**base, "ports": 3})
