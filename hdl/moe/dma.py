@@ -65,10 +65,10 @@ class ExpertDMA(wiring.Component):
     Then every used expert that arrives on ``experts`` (the order of
     :class:`~hdl.moe.reorder.Reorder`) becomes a *job*: job ``i`` is fetched into bank
     ``i mod 2``, part by part in :data:`~hdl.moe.layout.PARTS` order (each bias before its
-    weights). Job ``i`` starts as
-    soon as its expert is known and bank ``i mod 2`` is free, i.e. the consumer has released job
-    ``i − 2``; so expert ``i + 1`` is fetched while expert ``i`` computes, and the consumer never
-    waits for weights when the bandwidth covers its consumption.
+    weights). Job ``i`` starts as soon as its expert is known and bank ``i mod 2`` is free, i.e.
+    the consumer has released job ``i − 2``; so expert ``i + 1`` is fetched while expert ``i``
+    computes, and the consumer never waits for weights when the bandwidth covers its
+    consumption.
 
     The consumer names the job it works on (``job``) and sees which of its four parts are
     complete (``ready``); when it is done with the job's bank it pulses ``release`` (jobs are
@@ -85,15 +85,17 @@ class ExpertDMA(wiring.Component):
 
     Buffers
     -------
-    One memory per port, ``read_words`` bus words wide (byte-lane writes of one bus word), holding
-    bank 0, bank 1 and the router. The read port (``rd_*``) returns ``read_words`` consecutive bus
-    words of a part one cycle after the address; word ``w`` of a part lives in port
-    ``(w / chunk_words) mod P``'s memory, so consecutive reads may come from different ports.
+    One memory per port, ``read_words`` bus words wide (each write fills one bus-word lane),
+    holding bank 0, bank 1 and the router. The read port (``rd_*``) returns ``read_words``
+    consecutive bus words of a part one cycle after the address; word ``w`` of a part lives in
+    port ``(w / chunk_words) mod P``'s memory, so consecutive reads may come from different
+    ports.
 
     Errors
     ------
-    ``error`` is sticky until the next ``start``: bad ``start`` arguments (see above), an expert
-    id ≥ E, an AXI error response or a malformed command (:class:`~hdl.axi_master.AXI4ReadMaster`).
+    ``error`` is sticky: bad ``start`` arguments (see above) and an expert id ≥ E until the next
+    ``start``; an AXI error response or a malformed command until reset (the
+    :class:`~hdl.axi_master.AXI4ReadMaster` flags are sticky until reset).
     After an error no new read is issued, outstanding reads drain, and ``busy`` falls: the
     consumer must watch ``error`` instead of waiting for ``ready``.
 

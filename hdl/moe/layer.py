@@ -422,8 +422,9 @@ class MoELayer(wiring.Component):
     Errors: a task or layer out of range, or a weight image smaller than the layout (or
     misaligned), end the layer at once with ``status`` ``BAD_*`` and nothing fetched. An AXI
     error lets the current compute command finish on garbage weights, then ends the layer with
-    ``DMA_ERROR``; a command the compute unit refuses ends it with ``CU_ERROR``. The engine
-    never waits for something an error prevents.
+    ``DMA_ERROR`` (the AXI managers' error flags are sticky until reset, so later layers report
+    it too until the engine is reset); a command the compute unit refuses ends it with
+    ``CU_ERROR``. The engine never waits for something an error prevents.
 
     Parameters
     ----------

@@ -64,8 +64,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["WeightOrder", "RowMajorOrder", "SystolicOrder", "ImageLayout", "ImageIndex", "layout_for", "pack",
-           "unpack", "PARTS", "WEIGHT_BYTES", "BIAS_BYTES"]
+__all__ = ["WeightOrder", "RowMajorOrder", "SystolicOrder", "ImageLayout", "ImageIndex",
+           "layout_for", "pack", "unpack", "PARTS", "WEIGHT_BYTES", "BIAS_BYTES"]
 
 #: The four parts of an expert, in image, fetch and consumption order.
 PARTS = ("fc1_b", "fc1_w", "fc2_b", "fc2_w")
