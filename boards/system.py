@@ -22,10 +22,10 @@ reference instead of an HLS IP.
 
 import re
 
-from amaranth.back import verilog
 from amaranth.hdl import ClockDomain, Elaboratable, Module, Shape, Signal
 from amaranth.lib import wiring
 
+from hdl import verilog
 from hdl.axi import AXI4LiteSignature, AXI4Signature
 
 __all__ = ["TOP_NAME", "PROJECT_NAME", "BD_NAME", "CTRL_BASE", "HP_MAX_DATA_WIDTH",

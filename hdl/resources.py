@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from amaranth.back import verilog
+from . import verilog
 
 __all__ = ["XCZU7EV", "estimate", "summarize", "format_table"]
 

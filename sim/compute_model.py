@@ -111,7 +111,7 @@ def write_matrix(ctx, unit, base, stride, mat, rng=None):
             lanes = _garbage(rng, L, a.elem_bits) if rng else [0] * L
             seg = mat[i, j * L:(j + 1) * L]
             lanes[:len(seg)] = [int(v) for v in seg]
-            ctx.set(unit.abuf.data[base + i * stride + j], lanes)
+            ctx.set(unit.abuf_word(base + i * stride + j), lanes)
 
 
 def read_matrix(ctx, unit, base, stride, rows, cols, *, full=False):
@@ -122,7 +122,7 @@ def read_matrix(ctx, unit, base, stride, rows, cols, *, full=False):
     for i in range(rows):
         row = []
         for j in range(wpr):
-            word = ctx.get(unit.abuf.data[base + i * stride + j])
+            word = ctx.get(unit.abuf_word(base + i * stride + j))
             row.extend(int(v) for v in word)
         out[i] = row if full else row[:cols]
     return out

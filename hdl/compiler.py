@@ -1,0 +1,484 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The model compiler: a quantised checkpoint becomes a DDR weight image and a program.
+
+:func:`compile_model` takes a :class:`golden.twin.QuantizedModel` (from
+:func:`golden.twin.quantize_params`) and an :class:`~hdl.config.AccelConfig` and returns a
+:class:`CompiledModel`: the weight image, the program (:mod:`hdl.isa`), the plan of the
+activation buffer, and the packers of the input and output buffers. Pure NumPy; no torch, no
+Amaranth elaboration.
+
+The same hardware runs any model within the configured maxima: every size, address and format of
+the dense layers, the attention and the LayerNorms is an operand of the program. (The MoE layer
+engine, :mod:`hdl.moe.layer`, is built for one MoE shape — tokens, widths, experts, tasks and
+number of MoE blocks are its constants — so the MoE blocks of the model must have the shape the
+configuration's ``model`` names.)
+
+DDR buffers
+-----------
+Weight image (``WEIGHTS_ADDR``, 4 KiB aligned)::
+
+    offset 0              parameter stream (hdl.isa): per dense product of the frame, in program
+                          order, a BIAS and a WEIGHT segment; per LayerNorm an LNPARAM segment
+    moe_offset (4 KiB)    the MoE image of hdl.moe.layout.pack (SystolicOrder of the array)
+    pos_offset (64 B)     the position embedding with the cls token folded into row 0, N rows of
+                          ceil(D/L)·L 16-bit elements (act format), zero padded
+
+Input (``INPUT_ADDR``): the image in the ``pixel`` format as patch rows
+(:func:`golden.twin.image_patches`: raster order of the patches, (channel, row, column) inside a
+patch), one row of ``ceil(3·p·p / L)·L`` little-endian 16-bit elements per patch, zero padded:
+what :meth:`CompiledModel.pack_input` writes. (The host does this im2col; the accelerator's
+patch embedding is then one product.)
+
+Output (``OUTPUT_ADDR``): the last block's token matrix, N rows of ``ceil(D/L)·L`` 16-bit
+elements (act format); :meth:`CompiledModel.unpack_output` returns the N × D integers.
+
+Activation buffer plan
+----------------------
+``x`` (the residual stream, N × D) and ``u`` (LayerNorm output) stay for the whole frame; one
+shared region after them holds, in turn, the patches (patch embedding), ``qkv`` + the scores of
+one head + the attention output (attention), the hidden layer (dense MLP) and the MoE engine's
+scratch area. The softmax works in place on the scores.
+
+Refused models
+--------------
+A model whose token matrices do not fit the activation buffer (m3vit-small: 1025 tokens × 384)
+would need the token matrix spilled to DDR between layers; the compiler does not emit that
+variant and raises ``ValueError`` saying so.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golden.config import ModelConfig
+
+from . import isa
+from .isa import Base, MatmulFlags, Opcode, Segment
+
+__all__ = ["CompiledModel", "AbufPlan", "compile_model", "ln_eps_int", "softmax_scale_int",
+           "PAGE", "POS_ALIGN"]
+
+#: Alignment of the weight image and of the MoE image inside it.
+PAGE = 4096
+#: Alignment of the position embedding in the weight image.
+POS_ALIGN = 64
+#: LayerNorm epsilon of M³ViT.
+LN_EPS = 1e-6
+
+
+def ln_eps_int(n, in_fmt, eps=LN_EPS):
+    """``eps_int`` of the LayerNorm unit for rows of ``n``: ``max(1, round(eps·n²·4**f))``
+    (:func:`golden.qref.layernorm_stats`)."""
+    return max(1, int(round(eps * n * n * 4.0 ** in_fmt.f_bits)))
+
+
+def softmax_scale_int(scale, numerics):
+    """The softmax unit's constant ``round(scale·log2(e)·2**softmax_scale_frac)``
+    (:func:`golden.qref.softmax_scale_int`)."""
+    if not scale > 0:
+        raise ValueError(f"softmax scale must be positive, not {scale!r}")
+    return int(round(scale / math.log(2.0) * (1 << numerics.softmax_scale_frac)))
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+def _round_up(a, b):
+    return _ceil(a, b) * b
+
+
+@dataclass(frozen=True)
+class AbufPlan:
+    """Word addresses of the activation-buffer regions (see the module docstring).
+
+    Attributes
+    ----------
+    lanes : int
+        Elements per word, L.
+    x, u, shared : int
+        Base word of the residual stream, of the LayerNorm output and of the shared region.
+    qkv, scores, attn, hidden, patches, scratch : int
+        Bases inside the shared region.
+    row_words, qkv_words, score_words, hidden_words, patch_words : int
+        Words per row of each matrix.
+    words : int
+        Words used in all.
+    """
+
+    lanes: int
+    x: int
+    u: int
+    shared: int
+    qkv: int
+    scores: int
+    attn: int
+    hidden: int
+    patches: int
+    scratch: int
+    row_words: int
+    qkv_words: int
+    score_words: int
+    hidden_words: int
+    patch_words: int
+    words: int
+
+
+@dataclass
+class CompiledModel:
+    """The output of :func:`compile_model`.
+
+    Attributes
+    ----------
+    cfg : golden.config.ModelConfig
+    config : hdl.config.AccelConfig
+    weights : bytes
+        The weight image (write it at a 4 KiB aligned ``WEIGHTS_ADDR``).
+    program : bytes
+        The program (header and instructions).
+    plan : AbufPlan
+    input_bytes, output_bytes : int
+        Sizes of the input and output buffers.
+    pos_offset, moe_offset, moe_bytes, pstream_bytes : int
+        Where the parts of the weight image are.
+    segments : list of dict
+        The parameter-stream segments in order (``kind``, ``n``, ``offset``, ``words``, ``what``).
+    """
+
+    cfg: ModelConfig
+    config: object
+    weights: bytes
+    program: bytes
+    plan: AbufPlan
+    input_bytes: int
+    output_bytes: int
+    pos_offset: int
+    moe_offset: int
+    moe_bytes: int
+    pstream_bytes: int
+    segments: list = field(default_factory=list)
+
+    @property
+    def num_tasks(self):
+        """Tasks of the model (TASK must be below it)."""
+        return self.cfg.num_tasks
+
+    @property
+    def instructions(self):
+        """Number of instructions (the header excluded)."""
+        return (len(self.program) - isa.HEADER_BYTES) // isa.INSTR_BYTES
+
+    def disassemble(self):
+        """The program as text lines."""
+        return isa.disassemble(self.program)
+
+    def pack_input(self, image_q):
+        """The input buffer for an image in the ``pixel`` format, shape (3, H, W)."""
+        from golden.twin import image_patches
+        cfg = self.cfg
+        image_q = np.asarray(image_q)
+        expected = (cfg.in_chans, cfg.img_h, cfg.img_w)
+        if image_q.shape != expected:
+            raise ValueError(f"image has shape {image_q.shape}; {cfg.name} takes {expected}")
+        fmt = self.config.numerics.pixel
+        if image_q.size and (image_q.min() < fmt.min_int or image_q.max() > fmt.max_int):
+            raise ValueError(f"image values are outside the pixel format {fmt}")
+        rows = image_patches(image_q, cfg)
+        return _matrix_bytes(rows, self.plan.patch_words * self.plan.lanes, self.input_bytes)
+
+    def unpack_output(self, raw):
+        """The N × D ``act`` integers from the output buffer's bytes."""
+        cfg, plan = self.cfg, self.plan
+        width = plan.row_words * plan.lanes
+        a = np.frombuffer(bytes(raw[:cfg.tokens * width * 2]), dtype="<i2")
+        return a.reshape(cfg.tokens, width)[:, :cfg.dim].astype(np.int64)
+
+
+def _matrix_bytes(mat, width, total=None):
+    """Rows of ``mat`` as little-endian int16, each padded to ``width`` elements."""
+    mat = np.asarray(mat, dtype=np.int64)
+    out = np.zeros((mat.shape[0], width), dtype="<i2")
+    out[:, :mat.shape[1]] = mat
+    raw = out.tobytes()
+    if total is not None:
+        raw = raw + bytes(total - len(raw))
+    return raw
+
+
+class _Program:
+    def __init__(self):
+        self.words = []
+
+    def emit(self, op, **fields):
+        self.words.append(isa.encode(op, **fields))
+
+
+class _Stream:
+    """The parameter stream being built."""
+
+    def __init__(self, config):
+        self.config = config
+        self.chunks = []
+        self.size = 0
+        self.segments = []
+
+    def _segment(self, kind, n, payload, what, eps=0):
+        beat = self.config.beat_bytes
+        payload = bytes(payload)
+        words = _ceil(len(payload), beat)
+        payload = payload + bytes(words * beat - len(payload))
+        header = isa.encode_segment_header(kind, n, words, eps) + bytes(beat - 16)
+        self.segments.append({"kind": Segment(kind), "n": n, "offset": self.size,
+                              "words": words, "what": what})
+        self.chunks += [header, payload]
+        self.size += len(header) + len(payload)
+
+    def product(self, w, b, what):
+        """BIAS and WEIGHT segments of ``Y = X·Wᵀ + b``: W is (N, K)."""
+        from .moe.layout import SystolicOrder
+        a = self.config.compute.array
+        order = SystolicOrder(a.rows, a.cols)
+        w = np.asarray(w, dtype=np.int64)
+        n, k = w.shape
+        if b is not None:
+            idx = order.bias(n)
+            vals = np.where(idx >= 0, np.asarray(b, dtype=np.int64)[np.maximum(idx, 0)], 0)
+            self._segment(Segment.BIAS, len(idx) // a.cols, vals.astype("<i4").tobytes(),
+                          what + ".bias")
+        idx = order.weights(n, k)
+        flat = w.reshape(-1)
+        vals = np.where(idx >= 0, flat[np.maximum(idx, 0)], 0)
+        self._segment(Segment.WEIGHT, len(idx) // a.rows, vals.astype("<i2").tobytes(),
+                      what + ".weight")
+
+    def layernorm(self, gamma, beta, eps_int, what):
+        lanes = self.config.ln_lanes
+        n = len(gamma)
+        beats = _ceil(n, lanes)
+        g = np.zeros(beats * lanes, dtype=np.int64)
+        bt = np.zeros(beats * lanes, dtype=np.int64)
+        g[:n] = gamma
+        bt[:n] = beta
+        payload = np.concatenate([g.reshape(beats, lanes), bt.reshape(beats, lanes)], axis=1)
+        self._segment(Segment.LNPARAM, n, payload.astype("<i2").tobytes(), what, eps=eps_int)
+
+    def tobytes(self):
+        return b"".join(self.chunks)
+
+
+def _check_fit(cfg, config):
+    c = config.compute
+    L = config.lanes
+    n, d, p = cfg.tokens, cfg.dim, cfg.num_patches
+    mdl = config.model
+    if cfg.dim % L or cfg.head_dim % L:
+        raise ValueError(f"{cfg.name}: the embedding width ({d}) and the head width "
+                         f"({cfg.head_dim}) must be multiples of the activation buffer's {L} "
+                         f"lanes (heads are addressed by word)")
+    products = [("patch embedding", p, cfg.patch_dim, d), ("qkv", n, d, 3 * d),
+                ("attention scores", n, cfg.head_dim, n), ("attention output", n, n, cfg.head_dim),
+                ("projection", n, d, d), ("fc1", n, d, cfg.mlp_hidden),
+                ("fc2", n, cfg.mlp_hidden, d)]
+    for what, m_, k_, n_ in products:
+        for name, v, hi in (("M", m_, c.max_m), ("K", k_, c.max_k), ("N", n_, c.max_n)):
+            if v > hi:
+                if name == "M" and n > c.max_m:
+                    raise ValueError(
+                        f"{cfg.name} has {n} tokens; the activation buffer and the compute unit "
+                        f"hold at most {c.max_m} rows (max_m). Its token matrix would have to "
+                        f"be spilled to DDR between layers, which this compiler does not "
+                        f"emit")
+                raise ValueError(f"{cfg.name}: the {what} product needs {name} = {v}, above the "
+                                 f"configured max_{name.lower()} = {hi}")
+    if d > config.ln_max_len:
+        raise ValueError(f"{cfg.name}: LayerNorm rows of {d} exceed ln_max_len = "
+                         f"{config.ln_max_len}")
+    if n > config.softmax_max_len:
+        raise ValueError(f"{cfg.name}: softmax rows of {n} exceed softmax_max_len = "
+                         f"{config.softmax_max_len}")
+    moe_shape = ("tokens", "dim", "num_experts", "top_k", "expert_hidden", "num_tasks")
+    if cfg.moe_blocks:
+        diff = [f"{k} {getattr(cfg, k)} ≠ {getattr(mdl, k)}" for k in moe_shape
+                if getattr(cfg, k) != getattr(mdl, k)]
+        if len(cfg.moe_blocks) != len(mdl.moe_blocks):
+            diff.append(f"MoE blocks {len(cfg.moe_blocks)} ≠ {len(mdl.moe_blocks)}")
+        if diff:
+            raise ValueError(f"{cfg.name}: the MoE engine of this configuration is built for "
+                             f"{mdl.name}'s MoE blocks ({'; '.join(diff)})")
+    if cfg.num_tasks > 255:
+        raise ValueError(f"{cfg.name} has {cfg.num_tasks} tasks; at most 255 are supported")
+
+
+def _plan(cfg, config):
+    c = config.compute
+    L = config.lanes
+    n, d = cfg.tokens, cfg.dim
+    wd, wq, ws = _ceil(d, L), _ceil(3 * d, L), _ceil(n, L)
+    wh, wp = _ceil(cfg.mlp_hidden, L), _ceil(cfg.patch_dim, L)
+    x, u = 0, n * wd
+    shared = 2 * n * wd
+    qkv = shared
+    scores = qkv + n * wq
+    attn = scores + n * ws
+    attn_end = attn + n * wd
+    scratch_words = config.moe.scratch_words if cfg.moe_blocks else 0
+    size = max(cfg.num_patches * wp, attn_end - shared, n * wh, scratch_words)
+    words = shared + size
+    if words > c.abuf_depth:
+        raise ValueError(f"{cfg.name} needs {words} activation-buffer words (x and u: "
+                         f"{2 * n * wd}, shared region {size}); the configuration has "
+                         f"abuf_depth = {c.abuf_depth}. A token matrix that does not fit on "
+                         f"chip would have to be spilled to DDR, which this compiler does not "
+                         f"emit")
+    return AbufPlan(lanes=L, x=x, u=u, shared=shared, qkv=qkv, scores=scores, attn=attn,
+                    hidden=shared, patches=shared, scratch=shared, row_words=wd, qkv_words=wq,
+                    score_words=ws, hidden_words=wh, patch_words=wp, words=words)
+
+
+def compile_model(qm, config):
+    """Compile a quantised model for an accelerator configuration.
+
+    Parameters
+    ----------
+    qm : golden.twin.QuantizedModel
+        The integer parameters (:func:`golden.twin.quantize_params`).
+    config : hdl.config.AccelConfig or str
+        The accelerator (a preset name is looked up with :func:`hdl.config.get_accel_config`).
+
+    Returns
+    -------
+    CompiledModel
+
+    Raises
+    ------
+    ValueError
+        The model does not fit the configuration's maxima, its MoE blocks do not have the
+        shape the MoE engine is built for, or its token matrices do not fit on chip.
+    """
+    from .config import AccelConfig, get_accel_config
+    config = get_accel_config(config)
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"config must be an AccelConfig, not {config!r}")
+    cfg = getattr(qm, "cfg", None)
+    if not isinstance(cfg, ModelConfig) or not hasattr(qm, "params"):
+        raise TypeError(f"qm must be a golden.twin.QuantizedModel, not {qm!r}")
+    nx = config.numerics
+    if getattr(qm, "numerics", nx) != nx:
+        raise ValueError("the model was quantised with other numerics than the accelerator's")
+    _check_fit(cfg, config)
+    plan = _plan(cfg, config)
+    L = plan.lanes
+    n, d, hd = cfg.tokens, cfg.dim, cfg.head_dim
+    a = config.compute.array
+    stream = _Stream(config)
+    prog = _Program()
+
+    def matmul(m, k, nn, *, x_fmt, w_fmt, out_fmt, x_base, x_stride, y_base, y_stride,
+               w_base=0, w_stride=0, flags=0):
+        acc_f = x_fmt.f_bits + w_fmt.f_bits
+        q_shift = acc_f - out_fmt.f_bits
+        b_shift = acc_f - nx.bias.f_bits
+        if flags & MatmulFlags.BIAS and b_shift < 0:
+            raise ValueError("the accumulator has fewer fractional bits than the bias")
+        prog.emit(Opcode.MATMUL, m=m, k=k, n=nn, x_base=x_base, x_stride=x_stride,
+                  w_base=w_base, w_stride=w_stride, y_base=y_base, y_stride=y_stride,
+                  flags=int(flags), q_shift=q_shift, b_shift=max(b_shift, 0),
+                  out_bits=out_fmt.width)
+
+    def dense(w, b, what, **kw):
+        stream.product(w, b, what)
+        nn, k = np.shape(w)
+        flags = kw.pop("flags", 0) | (MatmulFlags.BIAS if b is not None else 0)
+        matmul(kw.pop("m"), k, nn, flags=flags, **kw)
+
+    def layernorm(prefix, src, dst):
+        eps = ln_eps_int(d, nx.act)
+        stream.layernorm(qm[prefix + "_g"], qm[prefix + "_b"], eps, prefix)
+        prog.emit(Opcode.LAYERNORM, rows=n, n=d, in_base=src, in_stride=plan.row_words,
+                  out_base=dst, out_stride=plan.row_words)
+
+    # Input patches and the position embedding, then the patch embedding accumulated into
+    # rows 1.. of x.
+    input_words = cfg.num_patches * plan.patch_words
+    input_bytes = _round_up(input_words * L * 2, config.beat_bytes)
+    prog.emit(Opcode.LOAD, base=Base.INPUT, offset=0, addr=plan.patches, words=input_words)
+    # (the position embedding's offset is known once the stream is complete: patched below)
+    pos_load = len(prog.words)
+    prog.emit(Opcode.LOAD, base=Base.WEIGHTS, offset=0, addr=plan.x, words=n * plan.row_words)
+    dense(qm["patch_w"], qm["patch_b"], "patch_embed", m=cfg.num_patches, x_fmt=nx.pixel,
+          w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.patches, x_stride=plan.patch_words,
+          y_base=plan.x + plan.row_words, y_stride=plan.row_words,
+          flags=MatmulFlags.ACCUMULATE)
+
+    sm_fmt = config.softmax.in_formats.index(nx.score)
+    sm_scale = softmax_scale_int(hd ** -0.5, nx)
+    moe_layer = 0
+    for i in range(cfg.depth):
+        b = f"blocks.{i}."
+        layernorm(b + "ln1", plan.x, plan.u)
+        dense(qm[b + "qkv_w"], qm[b + "qkv_b"], b + "qkv", m=n, x_fmt=nx.ln_out,
+              w_fmt=nx.weight, out_fmt=nx.qkv, x_base=plan.u, x_stride=plan.row_words,
+              y_base=plan.qkv, y_stride=plan.qkv_words)
+        for h in range(cfg.heads):
+            col = h * hd // L
+            matmul(n, hd, n, x_fmt=nx.qkv, w_fmt=nx.qkv, out_fmt=nx.score,
+                   x_base=plan.qkv + col, x_stride=plan.qkv_words,
+                   w_base=plan.qkv + d // L + col, w_stride=plan.qkv_words,
+                   y_base=plan.scores, y_stride=plan.score_words,
+                   flags=MatmulFlags.W_FROM_ABUF)
+            prog.emit(Opcode.SOFTMAX, rows=n, n=n, scale=sm_scale, fmt=sm_fmt,
+                      in_base=plan.scores, in_stride=plan.score_words,
+                      out_base=plan.scores, out_stride=plan.score_words)
+            matmul(n, n, hd, x_fmt=nx.prob, w_fmt=nx.qkv, out_fmt=nx.act,
+                   x_base=plan.scores, x_stride=plan.score_words,
+                   w_base=plan.qkv + 2 * d // L + col, w_stride=plan.qkv_words,
+                   y_base=plan.attn + col, y_stride=plan.row_words,
+                   flags=MatmulFlags.W_FROM_ABUF | MatmulFlags.W_TRANSPOSED)
+        dense(qm[b + "proj_w"], qm[b + "proj_b"], b + "proj", m=n, x_fmt=nx.act,
+              w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.attn, x_stride=plan.row_words,
+              y_base=plan.x, y_stride=plan.row_words, flags=MatmulFlags.ACCUMULATE)
+        layernorm(b + "ln2", plan.x, plan.u)
+        if cfg.is_moe(i):
+            prog.emit(Opcode.MOE, layer=moe_layer, u_base=plan.u, x_base=plan.x,
+                      scratch_base=plan.scratch)
+            moe_layer += 1
+        else:
+            dense(qm[b + "fc1_w"], qm[b + "fc1_b"], b + "fc1", m=n, x_fmt=nx.ln_out,
+                  w_fmt=nx.weight, out_fmt=nx.hidden, x_base=plan.u, x_stride=plan.row_words,
+                  y_base=plan.hidden, y_stride=plan.hidden_words, flags=MatmulFlags.GELU)
+            dense(qm[b + "fc2_w"], qm[b + "fc2_b"], b + "fc2", m=n, x_fmt=nx.hidden,
+                  w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.hidden,
+                  x_stride=plan.hidden_words, y_base=plan.x, y_stride=plan.row_words,
+                  flags=MatmulFlags.ACCUMULATE)
+    output_words = n * plan.row_words
+    output_bytes = _round_up(output_words * L * 2, config.beat_bytes)
+    prog.emit(Opcode.STORE, base=Base.OUTPUT, offset=0, addr=plan.x, words=output_words)
+    prog.emit(Opcode.END)
+
+    # The weight image: stream, MoE image, position embedding.
+    pstream = stream.tobytes()
+    moe_offset = _round_up(len(pstream), PAGE)
+    if cfg.moe_blocks:
+        from .moe.layout import SystolicOrder, pack
+        moe_image, _ = pack(qm, config.axi_data_width, order=SystolicOrder(a.rows, a.cols))
+    else:
+        moe_image = b""
+    pos_offset = _round_up(moe_offset + len(moe_image), POS_ALIGN)
+    pos = _matrix_bytes(qm["pos"], plan.row_words * L)
+    weights = bytearray(_round_up(pos_offset + len(pos), PAGE))
+    weights[:len(pstream)] = pstream
+    weights[moe_offset:moe_offset + len(moe_image)] = moe_image
+    weights[pos_offset:pos_offset + len(pos)] = pos
+    prog.words[pos_load] = isa.encode(Opcode.LOAD, base=Base.WEIGHTS, offset=pos_offset,
+                                      addr=plan.x, words=n * plan.row_words)
+    header = isa.encode_header(num_tasks=cfg.num_tasks, input_bytes=input_bytes,
+                               output_bytes=output_bytes, weights_bytes=len(weights),
+                               pstream_bytes=len(pstream), moe_offset=moe_offset,
+                               moe_bytes=len(moe_image))
+    return CompiledModel(cfg=cfg, config=config, weights=bytes(weights),
+                         program=header + b"".join(prog.words), plan=plan,
+                         input_bytes=input_bytes, output_bytes=output_bytes,
+                         pos_offset=pos_offset, moe_offset=moe_offset,
+                         moe_bytes=len(moe_image), pstream_bytes=len(pstream),
+                         segments=stream.segments)

@@ -1,0 +1,287 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Accelerator configurations: :class:`AccelConfig` and the named presets.
+
+An :class:`AccelConfig` composes the sub-configurations of the blocks (the compute unit's
+:class:`~hdl.systolic.config.ComputeConfig`, the LayerNorm and softmax units', the MoE layer
+engine's) with the memory interface (AXI ports and widths) and the clock, and derives the
+register map (:attr:`AccelConfig.regmap`). Presets:
+
+``"zcu104"``
+    The ZCU104 build: a 32 × 32 array (1024 DSP48E2 MACs), an 8192-word activation buffer that
+    holds every token matrix of m3vit-tiny on chip, four 128-bit AXI masters (one per PS HP
+    port), 300 MHz. The MoE engine is built for m3vit-tiny's MoE blocks.
+``"small"``
+    A 16 × 4 array (tall, so that the patch embedding's few rows are not weight-load bound),
+    maxima that cover the ``micro`` model, two AXI masters: a whole micro frame in the
+    pure-Python simulator (about 9000 cycles).
+
+Why 32 × 32 and not more PEs: the MoE layer engine (:mod:`hdl.moe.layer`) needs power-of-two
+array sides, so the next size up is 64 × 32 = 2048 DSP48E2, more than the XCZU7EV's 1728.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from golden.config import ModelConfig, get_config
+
+from .nonlin.config import LayerNormConfig, SoftmaxConfig
+from .regmap import DEFAULT_COUNTERS, accelerator_regmap
+from .systolic.config import ArrayConfig, ComputeConfig
+
+__all__ = ["COUNTERS", "AccelConfig", "ACCEL_PRESETS", "get_accel_config"]
+
+#: The accelerator's 64-bit counters (``0x100`` onwards): the register map's defaults plus
+#: the ones the frame bench needs.
+COUNTERS = DEFAULT_COUNTERS + (
+    ("compute_busy", "Cycles the compute unit was running a command (MATMUL or inside MOE)."),
+    ("moe_cycles", "Cycles spent in MOE instructions."),
+    ("stall_program", "Cycles the sequencer waited for the next instruction from DDR."),
+    ("instructions", "Instructions executed."),
+)
+
+_DATA_WIDTHS = (64, 128, 256, 512)
+
+
+def _int(name, value, lo=1, hi=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+        raise ValueError(f"{name} must be an integer in the range {rng}, not {value!r}")
+
+
+def _pow2(name, value):
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """Configuration of :class:`hdl.top.Accelerator`.
+
+    Parameters
+    ----------
+    compute : ComputeConfig
+        The compute unit (array, maxima, activation buffer, GELU). Its array sides must be
+        powers of two (the MoE engine), its elements 16 bits wide, and it must have the GELU.
+    model : str or golden.config.ModelConfig
+        The model whose MoE blocks the MoE layer engine is built for (its token count, widths,
+        experts and tasks are constants of :class:`hdl.moe.layer.MoELayer`). Dense layers,
+        attention and LayerNorm are programmed at run time within the maxima.
+    ln_lanes : int
+        Elements per cycle of the LayerNorm unit (a power of two, at least 4).
+    ln_max_len : int or None
+        Longest LayerNorm row (default: the model's ``dim``).
+    softmax_max_len : int or None
+        Longest softmax row (default: ``compute.max_m``, the most tokens).
+    axi_ports : int
+        AXI4 masters ``m_axi_0 … m_axi_{axi_ports−1}``, 1..4 (one per PS HP port). Port 0
+        carries the program, activations and results; the parameter stream is striped over the
+        others (over all of them when there are at most two); the MoE engine's DMA uses
+        ``moe_ports`` of them.
+    axi_data_width : int
+        AXI data width (64, 128, 256 or 512; the ZCU104's HP ports are 128 bits).
+    axi_addr_width : int
+        AXI byte address width, 32..64 (40 on the ZCU104).
+    axi_id_width : int
+        AXI ID width (enough for the masters sharing a port: 2 + 1 bits at least).
+    ctrl_addr_width : int
+        Byte address width of the AXI4-Lite control port (12: 4 KiB).
+    clock_mhz : float
+        Nominal clock, for the ``hw_clock_khz`` register and the benches.
+    max_burst_beats, max_outstanding : int
+        AXI burst length limit and bursts in flight per read master.
+    weight_fifo_words : int
+        Weight words queued between the parameter stream and the compute unit (prefetch).
+    watchdog_cycles : int
+        An instruction that runs longer than this stops the frame with a program error, and a
+        drain after an abort longer than this resets the datapath anyway (never hang).
+    """
+
+    compute: ComputeConfig
+    model: object = "micro"
+    ln_lanes: int = 8
+    ln_max_len: int = None
+    softmax_max_len: int = None
+    axi_ports: int = 1
+    axi_data_width: int = 128
+    axi_addr_width: int = 40
+    axi_id_width: int = 4
+    ctrl_addr_width: int = 12
+    clock_mhz: float = 300.0
+    max_burst_beats: int = 16
+    max_outstanding: int = 8
+    weight_fifo_words: int = 64
+    watchdog_cycles: int = 1 << 22
+
+    def __post_init__(self):
+        if not isinstance(self.compute, ComputeConfig):
+            raise TypeError(f"compute must be a ComputeConfig, not {self.compute!r}")
+        if isinstance(self.model, str):
+            object.__setattr__(self, "model", get_config(self.model))
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model must be a model name or a ModelConfig, not {self.model!r}")
+        a = self.compute.array
+        _pow2("compute.array.rows", a.rows)
+        _pow2("compute.array.cols", a.cols)
+        if a.elem_bits != 16:
+            raise ValueError(f"the activation buffer's elements must be 16 bits wide (DDR "
+                             f"copies move 16-bit elements), not {a.elem_bits}")
+        if not self.compute.gelu:
+            raise ValueError("the compute unit must have the GELU (ComputeConfig(gelu=True))")
+        _int("ln_lanes", self.ln_lanes, 4)
+        _pow2("ln_lanes", self.ln_lanes)
+        for name, default in (("ln_max_len", self.model.dim),
+                              ("softmax_max_len", self.compute.max_m)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+            _int(name, getattr(self, name))
+        _int("axi_ports", self.axi_ports, 1, 4)
+        if self.axi_data_width not in _DATA_WIDTHS:
+            raise ValueError(f"axi_data_width must be one of "
+                             f"{', '.join(map(str, _DATA_WIDTHS))}, not {self.axi_data_width!r}")
+        _int("axi_addr_width", self.axi_addr_width, 32, 64)
+        _int("axi_id_width", self.axi_id_width, 1, 32)
+        if self.axi_id_width < 1 + self.port_masters_bits:
+            raise ValueError(f"axi_id_width ({self.axi_id_width}) must be at least "
+                             f"{1 + self.port_masters_bits}: {self.port_masters} read masters "
+                             f"share port 0")
+        _int("ctrl_addr_width", self.ctrl_addr_width, 9, 32)
+        if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
+                or not self.clock_mhz > 0:
+            raise ValueError(f"clock_mhz must be a positive number, not {self.clock_mhz!r}")
+        _int("max_burst_beats", self.max_burst_beats, 1, 256)
+        _int("max_outstanding", self.max_outstanding)
+        _int("weight_fifo_words", self.weight_fifo_words, 2)
+        _int("watchdog_cycles", self.watchdog_cycles, 1024)
+        L = a.buffer_lanes
+        for name, lanes in (("the softmax", self.numerics.softmax_lanes),
+                            ("the LayerNorm", self.ln_lanes)):
+            if L % lanes and lanes % L:
+                raise ValueError(f"the activation buffer's {L} lanes and {name}'s {lanes} lanes "
+                                 f"must divide one another")
+        dw = self.axi_data_width
+        for what, bits in (("an abuf word", L * 16), ("a weight word", a.rows * 16),
+                           ("a bias word", a.cols * 32), ("a LayerNorm parameter beat",
+                                                          self.ln_lanes * 32)):
+            if bits % dw and dw % bits:
+                raise ValueError(f"{what} ({bits} bits) and the {dw}-bit bus must divide one "
+                                 f"another")
+        c, mdl = self.compute, self.model
+        if mdl.tokens > c.max_m:
+            raise ValueError(f"the MoE engine's model {mdl.name} has {mdl.tokens} tokens, above "
+                             f"compute.max_m = {c.max_m}")
+        # Building the sub-configurations validates them.
+        self.layernorm
+        self.softmax
+        self.moe
+
+    # -- derived ------------------------------------------------------------------------------
+
+    @property
+    def numerics(self):
+        """The :class:`golden.numerics.Numerics` of the compute unit."""
+        return self.compute.numerics
+
+    @property
+    def lanes(self):
+        """Elements per activation-buffer word (``lcm(rows, cols)``)."""
+        return self.compute.array.buffer_lanes
+
+    @property
+    def n_pes(self):
+        """Processing elements (DSP48E2 MACs) of the array."""
+        return self.compute.array.n_pes
+
+    @property
+    def layernorm(self):
+        """The :class:`~hdl.nonlin.config.LayerNormConfig` of the LayerNorm unit."""
+        return LayerNormConfig(self.numerics, lanes=self.ln_lanes, max_len=self.ln_max_len)
+
+    @property
+    def softmax(self):
+        """The :class:`~hdl.nonlin.config.SoftmaxConfig` of the attention softmax unit."""
+        return SoftmaxConfig(self.numerics, max_len=self.softmax_max_len)
+
+    @property
+    def moe_ports(self):
+        """AXI read ports of the MoE engine's DMA: the largest of 1, 2, 4 not above
+        ``axi_ports``."""
+        p = 1
+        while p * 2 <= self.axi_ports:
+            p *= 2
+        return p
+
+    @property
+    def moe(self):
+        """The :class:`~hdl.moe.layer.MoELayerConfig` of the MoE layer engine."""
+        from .moe.layer import MoELayerConfig
+        return MoELayerConfig.for_model(self.model, self.compute, data_width=self.axi_data_width,
+                                        ports=self.moe_ports, addr_width=self.axi_addr_width,
+                                        max_burst_beats=self.max_burst_beats,
+                                        max_outstanding=self.max_outstanding)
+
+    @property
+    def param_ports(self):
+        """Ports the parameter stream is striped over: ``1 … axi_ports−1`` with three or more
+        ports (port 0 carries the program, the activations and the results), every port with
+        one or two."""
+        return tuple(range(1, self.axi_ports)) if self.axi_ports > 2 else \
+            tuple(range(self.axi_ports))
+
+    @property
+    def port_masters(self):
+        """Read masters sharing port 0: program, LOAD, MoE port 0, and the parameter stream
+        when it uses port 0."""
+        return 3 + (0 in self.param_ports)
+
+    @property
+    def port_masters_bits(self):
+        """ID bits that tell the read masters of one port apart."""
+        return max(self.port_masters - 1, 1).bit_length()
+
+    @property
+    def beat_bytes(self):
+        """Bytes per AXI beat."""
+        return self.axi_data_width // 8
+
+    @property
+    def regmap(self):
+        """The register map (:func:`hdl.regmap.accelerator_regmap`) with this configuration's
+        read-back constants and :data:`COUNTERS`."""
+        a, mdl = self.compute.array, self.model
+        return accelerator_regmap(
+            axi_ports=self.axi_ports, counters=COUNTERS, array_rows=a.rows, array_cols=a.cols,
+            max_tokens=self.compute.max_m, embed_dim=self.ln_max_len,
+            num_experts=mdl.num_experts, top_k=mdl.top_k, num_tasks=mdl.num_tasks,
+            axi_data_width=self.axi_data_width, clock_khz=round(self.clock_mhz * 1000),
+            addr_width=self.ctrl_addr_width)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (:func:`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+
+ACCEL_PRESETS = {
+    "zcu104": AccelConfig(
+        ComputeConfig(ArrayConfig(32, 32), max_m=256, max_k=768, max_n=768, abuf_depth=8192,
+                      gelu=True),
+        model="m3vit-tiny", ln_lanes=16, axi_ports=4, weight_fifo_words=256),
+    "small": AccelConfig(
+        ComputeConfig(ArrayConfig(16, 4), max_m=8, max_k=768, max_n=128, abuf_depth=256,
+                      gelu=True),
+        model="micro", ln_lanes=8, axi_ports=2, weight_fifo_words=16,
+        watchdog_cycles=1 << 16),
+}
+
+
+def get_accel_config(name):
+    """Return the preset called ``name`` (an :class:`AccelConfig` passes through), or raise
+    ``ValueError`` naming the known ones."""
+    if isinstance(name, AccelConfig):
+        return name
+    try:
+        return ACCEL_PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown accelerator configuration {name!r}; known: "
+                         f"{', '.join(sorted(ACCEL_PRESETS))}") from None

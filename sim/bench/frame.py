@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""``python -m sim.bench frame``: one whole M³ViT backbone frame on the accelerator.
+
+The model (``--config``, seeded weights from :func:`golden.checkpoint.init_model`) is compiled
+for an accelerator configuration (``--accel``), the frame runs in simulation (``--backend
+amaranth`` or ``verilator``) with the DDR model at ZCU104 figures (100 cycles latency, jitter,
+17.06 GB/s at 300 MHz shared by the ports, 128-bit ports), and the output is compared with
+:func:`golden.twin.twin_forward`. ``--model-only`` skips the hardware simulation: the compiled
+program runs on the functional model (:mod:`sim.program_model`, for ``bit_exact``) and the
+cycles come from the analytic model (:mod:`sim.frame_model`).
+
+Figures: ``bit_exact``, ``cycles``, ``ms_at_clock``, ``macs`` (``ModelConfig.macs()``),
+``pe_utilization`` (MACs / (cycles · PEs)), ``ddr_bytes`` (read + write), ``stall_cycles`` by
+cause (the accelerator's counters), ``roofline_cycles`` = max(compute-bound, DDR-bound),
+``roofline_fraction`` = roofline / cycles, the analytic estimate ``model_cycles``, and the
+time the simulation took.
+"""
+
+import time
+
+import numpy as np
+
+HELP = "a whole backbone frame on the accelerator, against the integer twin"
+
+__all__ = ["run", "add_arguments"]
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", default="micro", help="model preset (golden.config)")
+    parser.add_argument("--accel", default=None,
+                        help="accelerator preset (hdl.config; default: small for micro, "
+                             "zcu104 otherwise)")
+    parser.add_argument("--task", type=int, default=0, help="task id")
+    parser.add_argument("--seed", type=int, default=0, help="weights and image seed")
+    parser.add_argument("--backend", choices=("amaranth", "verilator"), default="amaranth")
+    parser.add_argument("--model-only", action="store_true",
+                        help="no hardware simulation: functional model and analytic cycles")
+    parser.add_argument("--latency", type=int, default=100, help="DDR latency in cycles")
+    parser.add_argument("--jitter", type=int, default=16, help="DDR latency jitter")
+
+
+def _model(cfg, seed):
+    from golden.checkpoint import init_model, seeded_image
+    from golden.twin import quantize_image, quantize_params
+    qm = quantize_params(init_model(cfg, seed).state_dict(), cfg)
+    return qm, quantize_image(seeded_image(cfg, seed + 1), cfg)
+
+
+def run(args):
+    from golden.config import get_config
+    from golden.twin import twin_forward
+    from hdl.compiler import compile_model
+    from hdl.config import get_accel_config
+    from sim.frame_model import ZCU104_DDR_BYTES_PER_CYCLE, estimate_frame, expert_counts
+
+    cfg = get_config(args.config)
+    cfg.check_task(args.task)
+    accel = get_accel_config(args.accel or ("small" if cfg.name == "micro" else "zcu104"))
+    qm, image = _model(cfg, args.seed)
+    cm = compile_model(qm, accel)
+    ref = twin_forward(qm, image, args.task)
+    agg = ZCU104_DDR_BYTES_PER_CYCLE
+    port = min(accel.beat_bytes, agg / accel.axi_ports)
+    counts = expert_counts(qm, image, args.task)
+    est = estimate_frame(cm, counts=counts, latency=args.latency, ddr_bytes_per_cycle=agg,
+                         port_bytes_per_cycle=port)
+    out = {"config": cfg.name, "accel": args.accel or ("small" if cfg.name == "micro"
+                                                        else "zcu104"),
+           "task": args.task, "backend": "model" if args.model_only else args.backend,
+           "array": f"{accel.compute.array.rows}x{accel.compute.array.cols}",
+           "axi_ports": accel.axi_ports, "clock_mhz": accel.clock_mhz}
+    t0 = time.time()
+    if args.model_only:
+        from sim.program_model import ProgramModel
+        buf = bytearray(len(cm.weights) + len(cm.program) + cm.input_bytes + cm.output_bytes
+                        + 4 * 4096)
+        w, p = 0, -(-len(cm.weights) // 4096) * 4096
+        i = p + -(-len(cm.program) // 4096) * 4096
+        o = i + -(-cm.input_bytes // 4096) * 4096
+        buf[w:w + len(cm.weights)] = cm.weights
+        buf[p:p + len(cm.program)] = cm.program
+        buf[i:i + cm.input_bytes] = cm.pack_input(image)
+
+        def rd(a, n):
+            return bytes(buf[a:a + n])
+
+        def wr(a, d):
+            buf[a:a + len(d)] = d
+
+        ProgramModel(accel).run(rd, wr, weights_addr=w, program_addr=p,
+                                program_len=len(cm.program), input_addr=i, output_addr=o,
+                                task=args.task)
+        got = cm.unpack_output(buf[o:o + cm.output_bytes])
+        cycles = est.cycles
+        stalls = None
+        ddr_bytes = est.ddr_bytes
+    else:
+        from sim.driver import AmaranthBackend, Driver, VerilatorBackend
+        size = -(-(len(cm.weights) + len(cm.program) + cm.input_bytes + cm.output_bytes
+                   + 6 * 4096) // (1 << 20)) << 20
+        ddr = dict(ddr_size=size, latency=args.latency, jitter=args.jitter, seed=args.seed,
+                   bytes_per_cycle=port, max_outstanding=16)
+        backend = (AmaranthBackend(accel, **ddr) if args.backend == "amaranth"
+                   else VerilatorBackend(accel, **ddr))
+        drv = Driver(backend, frame_timeout=20 * est.cycles + 100_000)
+        drv.load_model(qm)
+        drv.set_task(args.task)
+        drv.clear_counters()
+        got = drv.run_frame(image)
+        cnt = drv.counters()
+        cycles = cnt["cycles"]
+        stalls = {k[len("stall_"):]: v for k, v in cnt.items() if k.startswith("stall_")}
+        ddr_bytes = cnt["ddr_read_bytes"] + cnt["ddr_write_bytes"]
+        out.update({"ddr_read_bytes": cnt["ddr_read_bytes"],
+                    "ddr_write_bytes": cnt["ddr_write_bytes"],
+                    "compute_busy_cycles": cnt["compute_busy"],
+                    "moe_cycles": cnt["moe_cycles"], "instructions": cnt["instructions"]})
+    wall = time.time() - t0
+    macs = cfg.macs()
+    ddr_bound = int(np.ceil(ddr_bytes / agg))
+    roofline = max(est.compute_bound, ddr_bound)
+    out.update({
+        "bit_exact": bool(np.array_equal(got, ref)),
+        "cycles": int(cycles),
+        "ms_at_clock": round(cycles / (accel.clock_mhz * 1e3), 4),
+        "macs": macs,
+        "pe_utilization": round(macs / (cycles * accel.n_pes), 4),
+        "ddr_bytes": int(ddr_bytes),
+        "stall_cycles": stalls,
+        "compute_bound_cycles": est.compute_bound,
+        "ddr_bound_cycles": ddr_bound,
+        "roofline_cycles": roofline,
+        "roofline_fraction": round(roofline / cycles, 4),
+        "model_cycles": est.cycles,
+        "model_cycles_by_opcode": est.by_opcode,
+        "experts_used": [len(c) for c in counts],
+        "wall_s": round(wall, 1),
+    })
+    return out

@@ -1,0 +1,176 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""An analytic cycle model of a whole frame on :class:`hdl.top.Accelerator`.
+
+The accelerator executes one instruction at a time, so a frame's cycles are the sum of its
+instructions' cycles; each instruction is modelled from the formulas of the block that runs it:
+
+``MATMUL``
+    ``max(ComputeUnit.cycles(M, K, N), stream bytes / parameter-path bandwidth)`` plus the
+    hand-over (decode, command register, status): the compute unit's own cycle formula when the
+    weights keep up, the parameter stream's rate (one bus word per cycle at most, and the DDR's
+    share of the parameter ports) when they do not.
+``LAYERNORM``, ``SOFTMAX``
+    ``rows · max(2·words, beats)``: the activation buffer's one external port moves one word per
+    cycle, in or out; the unit takes one beat of ``lanes`` per cycle; plus the unit's latency.
+``LOAD``, ``STORE``
+    DDR latency plus the transfer at one bus word per cycle.
+``MOE``
+    routing (the router fetch, the logits product, the softmax and the reordering), then per used
+    expert the larger of the engine's compute time (:meth:`hdl.moe.layer.MoELayer.expert_cycles`)
+    and the DDR time of the next expert's weights (the DMA prefetches one expert ahead); the first
+    expert's weights are fetched after the routing.
+
+The *roofline* of a frame is ``max(compute-bound, DDR-bound)``: every product at the compute
+unit's formula plus the nonlinear units at their throughput, against every byte at the DDR's
+aggregate bandwidth.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from hdl import isa
+from hdl.isa import MatmulFlags, Opcode
+
+__all__ = ["FrameEstimate", "estimate_frame", "expert_counts", "ZCU104_DDR_BYTES_PER_CYCLE"]
+
+#: PS DDR4-2133 × 64 bits = 17.06 GB/s, in bytes per cycle at 300 MHz.
+ZCU104_DDR_BYTES_PER_CYCLE = 17.06e9 / 300e6
+
+
+@dataclass
+class FrameEstimate:
+    """The model's figures for one frame."""
+    cycles: int = 0
+    compute_bound: int = 0
+    ddr_bytes: int = 0
+    ddr_bound: int = 0
+    by_opcode: dict = field(default_factory=dict)
+
+    @property
+    def roofline(self):
+        """``max(compute_bound, ddr_bound)``."""
+        return max(self.compute_bound, self.ddr_bound)
+
+    def as_dict(self):
+        return {"cycles": self.cycles, "compute_bound_cycles": self.compute_bound,
+                "ddr_bound_cycles": self.ddr_bound, "roofline_cycles": self.roofline,
+                "ddr_bytes": self.ddr_bytes, "by_opcode": dict(self.by_opcode)}
+
+
+def expert_counts(qm, image_q, task):
+    """Tokens per used expert of every MoE block, from the twin's routing of this frame."""
+    import numpy as np
+    from golden import qref
+    from golden.twin import twin_forward
+    taps = {}
+    twin_forward(qm, image_q, task, taps)
+    out = []
+    for blk in qm.cfg.moe_blocks:
+        idx = taps[f"block{blk}.topk_idx"]
+        out.append([len(t) for _, t, _ in qref.reorder(idx, np.zeros_like(idx),
+                                                        qm.cfg.num_experts)])
+    return out
+
+
+def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
+                   port_bytes_per_cycle=None):
+    """Estimate a compiled frame (:class:`hdl.compiler.CompiledModel`).
+
+    Parameters
+    ----------
+    counts : list of list of int or None
+        Tokens per used expert for each MoE layer (:func:`expert_counts`); default: every
+        expert used, tokens spread evenly.
+    latency : int
+        DDR latency in cycles.
+    ddr_bytes_per_cycle : float or None
+        Aggregate DDR bandwidth (default: one bus word per cycle per port).
+    port_bytes_per_cycle : float or None
+        Bandwidth of one port (default: ``min(bus word, aggregate / ports)``).
+
+    Returns
+    -------
+    FrameEstimate
+    """
+    from hdl.moe.layer import MoELayer
+    from hdl.systolic.unit import ComputeUnit
+    c = cm.config
+    cfg = cm.cfg
+    a = c.compute.array
+    beat = c.beat_bytes
+    L = c.lanes
+    agg = ddr_bytes_per_cycle or beat * c.axi_ports
+    port = port_bytes_per_cycle or min(beat, agg / c.axi_ports)
+    stream_bw = min(beat, port * len(c.param_ports))
+    moe_bw = min(agg, port * c.moe_ports)
+    cu = ComputeUnit(c.compute)
+    est = FrameEstimate()
+    by = {}
+    ops = []
+    prog = cm.program
+    for i in range(isa.HEADER_BYTES, len(prog), isa.INSTR_BYTES):
+        ops.append(isa.decode(prog[i:i + isa.INSTR_BYTES]))
+    ln, sm = c.layernorm, c.softmax
+    ln_lat = 40
+    sm_lat = 60
+    overhead = 4            # fetch, decode, dispatch, completion
+    if counts is None and cfg.moe_blocks:
+        per = cfg.tokens * cfg.top_k / cfg.num_experts
+        counts = [[max(1, round(per))] * cfg.num_experts for _ in cfg.moe_blocks]
+    moe_engine = MoELayer(c.moe) if cfg.moe_blocks else None
+    lay = c.moe.layout if cfg.moe_blocks else None
+
+    def add(op, cycles, bound, nbytes):
+        by[op] = by.get(op, 0) + int(round(cycles))
+        est.cycles += int(round(cycles)) + overhead
+        est.compute_bound += int(round(bound))
+        est.ddr_bytes += int(nbytes)
+
+    for op, f in ops:
+        if op == Opcode.END:
+            break
+        if op in (Opcode.LOAD, Opcode.STORE):
+            nbytes = -(-f["words"] * L * 2 // beat) * beat
+            add(op.name, latency + nbytes / min(beat, port) + 8, 0, nbytes)
+        elif op == Opcode.MATMUL:
+            flags = MatmulFlags(f["flags"])
+            tr = bool(flags & MatmulFlags.W_TRANSPOSED)
+            cyc = cu.cycles(f["m"], f["k"], f["n"], w_transposed=tr,
+                            bias=bool(flags & MatmulFlags.BIAS))
+            nbytes = 0
+            if not flags & MatmulFlags.W_FROM_ABUF:
+                nt = -(-f["n"] // a.cols)
+                kt = -(-f["k"] // a.rows)
+                nbytes = nt * kt * a.cols * a.rows * 2 + 2 * beat
+                if flags & MatmulFlags.BIAS:
+                    nbytes += nt * a.cols * 4 + beat
+            add(op.name, max(cyc, nbytes / stream_bw), cyc, nbytes)
+        elif op == Opcode.LAYERNORM:
+            words = -(-f["n"] // L)
+            beats = -(-f["n"] // ln.lanes)
+            cyc = f["rows"] * max(2 * words, beats) + ln_lat + beats
+            add(op.name, cyc, f["rows"] * beats, 0)
+        elif op == Opcode.SOFTMAX:
+            words = -(-f["n"] // L)
+            beats = -(-f["n"] // sm.lanes)
+            cyc = f["rows"] * max(2 * words, beats) + sm_lat
+            add(op.name, cyc, f["rows"] * beats, 0)
+        elif op == Opcode.MOE:
+            mc = c.moe
+            layer_counts = counts[f["layer"]]
+            router = lay.bytes_for_router()
+            expert = lay.bytes_for_expert()
+            logits = cu.cycles(cfg.tokens, cfg.dim, cfg.num_experts)
+            route = (latency + router / moe_bw + logits + cfg.tokens * mc.logit_words
+                     + sm_lat + 2 * cfg.num_experts)
+            fetch = latency + expert / moe_bw
+            cyc = route + fetch
+            for j, n in enumerate(layer_counts):
+                comp = moe_engine.expert_cycles(n)
+                nxt = fetch if j + 1 < len(layer_counts) else 0
+                cyc += max(comp, nxt)
+            bound = moe_engine.compute_bound_cycles(layer_counts)
+            add(op.name, cyc, bound, router + expert * len(layer_counts))
+    est.by_opcode = by
+    est.ddr_bound = int(math.ceil(est.ddr_bytes / agg))
+    return est

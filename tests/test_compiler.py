@@ -1,0 +1,296 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Tests of hdl/isa.py and hdl/compiler.py: the program format, the weight image, and the
+compiled program executed by the functional model (sim/program_model.py) against the twin."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from golden import qref
+from golden.config import get_config
+from golden.fixed import quantize
+from golden.numerics import DEFAULT_NUMERICS
+from golden.twin import QuantizedModel, twin_forward
+from hdl import isa
+from hdl.compiler import compile_model, ln_eps_int, softmax_scale_int
+from hdl.config import AccelConfig, get_accel_config
+from hdl.isa import Base, Opcode, Segment
+from hdl.moe.layout import SystolicOrder
+from hdl.regmap import ErrorCode
+from sim.program_model import ProgramFault, ProgramModel
+
+SMALL = get_accel_config("small")
+MICRO = get_config("micro")
+
+
+def random_model(cfg, seed=0, nx=DEFAULT_NUMERICS):
+    """A QuantizedModel of ``cfg`` with seeded random integers in plausible ranges (no torch)."""
+    rng = np.random.default_rng(seed)
+    d, n, e, hd = cfg.dim, cfg.tokens, cfg.num_experts, cfg.expert_hidden
+
+    def w(*shape, std):
+        return quantize(np.clip(rng.normal(0, std, shape), -2 * std, 2 * std), nx.weight)
+
+    def b(*shape):
+        return quantize(rng.normal(0, 0.02, shape), nx.bias)
+
+    p = {"patch_w": w(d, cfg.patch_dim, std=cfg.patch_dim ** -0.5), "patch_b": b(d),
+         "pos": quantize(rng.normal(0, 0.5, (n, d)), nx.act)}
+    for i in range(cfg.depth):
+        k = f"blocks.{i}."
+        for ln in ("ln1", "ln2"):
+            p[k + ln + "_g"] = quantize(1 + rng.normal(0, 0.1, d), nx.ln_param)
+            p[k + ln + "_b"] = quantize(rng.normal(0, 0.1, d), nx.ln_param)
+        p[k + "qkv_w"], p[k + "qkv_b"] = w(3 * d, d, std=d ** -0.5), b(3 * d)
+        p[k + "proj_w"], p[k + "proj_b"] = w(d, d, std=d ** -0.5), b(d)
+        if cfg.is_moe(i):
+            p[k + "w1"], p[k + "b1"] = w(e, hd, d, std=d ** -0.5), b(e, hd)
+            p[k + "w2"], p[k + "b2"] = w(e, d, hd, std=hd ** -0.5), b(e, d)
+            p[k + "gate"] = w(cfg.num_tasks, e, d, std=e ** -0.5)
+        else:
+            h = cfg.mlp_hidden
+            p[k + "fc1_w"], p[k + "fc1_b"] = w(h, d, std=d ** -0.5), b(h)
+            p[k + "fc2_w"], p[k + "fc2_b"] = w(d, h, std=h ** -0.5), b(d)
+    return QuantizedModel(cfg, nx, p)
+
+
+def random_image(cfg, seed=0, nx=DEFAULT_NUMERICS):
+    rng = np.random.default_rng(seed)
+    return quantize(rng.normal(0, 1, (cfg.in_chans, cfg.img_h, cfg.img_w)), nx.pixel)
+
+
+class Memory:
+    """A flat DDR for the functional model, with the compiled buffers placed like the driver."""
+
+    def __init__(self, cm):
+        def up(v):
+            return -(-v // 4096) * 4096
+        self.w = 0x1000
+        self.p = up(self.w + len(cm.weights))
+        self.i = up(self.p + len(cm.program))
+        self.o = up(self.i + cm.input_bytes)
+        self.mem = bytearray(up(self.o + cm.output_bytes) + 4096)
+        self.write(self.w, cm.weights)
+        self.write(self.p, cm.program)
+        self.cm = cm
+
+    def read(self, addr, n):
+        assert 0 <= addr and addr + n <= len(self.mem)
+        return bytes(self.mem[addr:addr + n])
+
+    def write(self, addr, data):
+        self.mem[addr:addr + len(data)] = data
+
+    def run(self, model, image, task, **override):
+        self.write(self.i, self.cm.pack_input(image))
+        regs = dict(weights_addr=self.w, program_addr=self.p, program_len=len(self.cm.program),
+                    input_addr=self.i, output_addr=self.o, task=task)
+        regs.update(override)
+        model.run(self.read, self.write, **regs)
+        return self.cm.unpack_output(self.read(self.o, self.cm.output_bytes))
+
+
+# -- the format -----------------------------------------------------------------------------------
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4095), st.integers(1, 4095), st.integers(1, 4095),
+       st.integers(0, 65535), st.integers(0, 63), st.integers(0, 63))
+def test_matmul_round_trip(m, k, n, base, flags, shift):
+    raw = isa.encode(Opcode.MATMUL, m=m, k=k, n=n, x_base=base, y_stride=base // 3 + 1,
+                     flags=flags, q_shift=shift, b_shift=63 - shift, out_bits=16)
+    assert len(raw) == isa.INSTR_BYTES
+    op, f = isa.decode(raw)
+    assert op is Opcode.MATMUL
+    assert (f["m"], f["k"], f["n"], f["x_base"], f["flags"], f["q_shift"], f["b_shift"]) == \
+        (m, k, n, base, flags, shift, 63 - shift)
+
+
+def test_every_opcode_round_trips():
+    cases = {
+        Opcode.END: {},
+        Opcode.LOAD: dict(base=Base.WEIGHTS, offset=(1 << 40) - 16, addr=7, words=(1 << 24) - 1),
+        Opcode.STORE: dict(base=Base.OUTPUT, offset=32, addr=65535, words=1),
+        Opcode.LAYERNORM: dict(rows=129, n=192, in_base=1, in_stride=6, out_base=2,
+                               out_stride=6),
+        Opcode.SOFTMAX: dict(rows=129, n=129, scale=23637, fmt=1, in_base=5, in_stride=5,
+                             out_base=5, out_stride=5),
+        Opcode.MOE: dict(layer=5, u_base=774, x_base=0, scratch_base=1548),
+    }
+    for op, fields in cases.items():
+        got_op, got = isa.decode(isa.encode(op, **fields))
+        assert got_op is op
+        assert {k: got[k] for k in fields} == {k: int(v) for k, v in fields.items()}
+    assert isa.decode(bytes([0x42]) + bytes(31))[0] == 0x42
+
+
+def test_format_errors():
+    with pytest.raises(ValueError, match="does not fit in 16 bits"):
+        isa.encode(Opcode.MATMUL, m=1 << 16)
+    with pytest.raises(ValueError, match="no field"):
+        isa.encode(Opcode.LOAD, rows=3)
+    with pytest.raises(ValueError, match="takes no operands"):
+        isa.encode(Opcode.END, m=1)
+    with pytest.raises(TypeError, match="integer"):
+        isa.encode(Opcode.LOAD, addr=1.5)
+    with pytest.raises(ValueError):
+        isa.encode(99)
+    with pytest.raises(ValueError, match="32 bytes"):
+        isa.decode(b"\0" * 16)
+    hdr = isa.decode_header(isa.encode_header(num_tasks=5, weights_bytes=(1 << 40) - 1))
+    assert hdr["magic"] == isa.MAGIC and hdr["version"] == isa.VERSION
+    assert hdr["num_tasks"] == 5 and hdr["weights_bytes"] == (1 << 40) - 1
+    seg = isa.decode_segment_header(isa.encode_segment_header(Segment.LNPARAM, 192, 24, 9664))
+    assert seg == {"magic": isa.SEGMENT_MAGIC, "kind": Segment.LNPARAM, "n": 192, "words": 24,
+                   "eps": 9664, "reserved": 0}
+
+
+def test_helpers_match_the_twin():
+    nx = DEFAULT_NUMERICS
+    for hd in (16, 32, 64):
+        assert softmax_scale_int(hd ** -0.5, nx) == qref.softmax_scale_int(hd ** -0.5, nx)
+    x = np.arange(384 * 2).reshape(2, 384) - 200
+    for n in (32, 192, 384):
+        s1, v = qref.layernorm_stats(x[:, :n], 1e-6, nx.act)
+        assert v[0] == n * (x[0, :n] ** 2).sum() - s1[0] ** 2 + ln_eps_int(n, nx.act)
+    with pytest.raises(ValueError):
+        softmax_scale_int(0, nx)
+
+
+# -- the compiled model ---------------------------------------------------------------------------
+
+def test_micro_program_and_image():
+    qm = random_model(MICRO, 1)
+    cm = compile_model(qm, "small")
+    assert cm.program[:4] == b"M3VP"
+    lines = cm.disassemble()
+    ops = [line.split()[1] for line in lines[1:]]
+    assert ops[:3] == ["LOAD", "LOAD", "MATMUL"] and ops[-2:] == ["STORE", "END"]
+    assert ops.count("MOE") == len(MICRO.moe_blocks)
+    assert ops.count("SOFTMAX") == MICRO.depth * MICRO.heads
+    assert ops.count("LAYERNORM") == 2 * MICRO.depth
+    assert len(cm.weights) % 4096 == 0 and cm.moe_offset % 4096 == 0
+    assert cm.plan.words <= SMALL.compute.abuf_depth
+    # The parameter stream: one BIAS + WEIGHT pair per dense product and one LNPARAM per
+    # LayerNorm, in program order, each decodable back to the model's integers.
+    kinds = [s["kind"] for s in cm.segments]
+    dense = 1 + MICRO.depth * 2 + 2 * (MICRO.depth - len(MICRO.moe_blocks))
+    assert kinds.count(Segment.WEIGHT) == kinds.count(Segment.BIAS) == dense
+    assert kinds.count(Segment.LNPARAM) == 2 * MICRO.depth
+    seg = cm.segments[1]
+    assert seg["what"] == "patch_embed.weight"
+    a = SMALL.compute.array
+    raw = cm.weights[seg["offset"] + 16:seg["offset"] + 16 + seg["n"] * a.rows * 2]
+    vals = np.frombuffer(raw, dtype="<i2").astype(np.int64)
+    idx = SystolicOrder(a.rows, a.cols).weights(MICRO.dim, MICRO.patch_dim)
+    w = np.zeros(MICRO.dim * MICRO.patch_dim, dtype=np.int64)
+    w[idx[idx >= 0]] = vals[idx >= 0]
+    assert np.array_equal(w.reshape(MICRO.dim, -1), qm["patch_w"])
+    pos = np.frombuffer(cm.weights[cm.pos_offset:cm.pos_offset + MICRO.tokens * MICRO.dim * 2],
+                        dtype="<i2")
+    assert np.array_equal(pos.reshape(MICRO.tokens, MICRO.dim), qm["pos"])
+    # Output packing round trip.
+    x = np.arange(MICRO.tokens * MICRO.dim).reshape(MICRO.tokens, MICRO.dim) - 50
+    raw = x.astype("<i2").tobytes()
+    assert np.array_equal(cm.unpack_output(raw + bytes(cm.output_bytes - len(raw))), x)
+    with pytest.raises(ValueError, match="pixel format"):
+        cm.pack_input(np.full((3, 32, 32), 1 << 20))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_micro_frames_on_the_functional_model(seed):
+    """The compiled program, executed by the functional model, equals the twin for every
+    task, back to back on one model."""
+    qm = random_model(MICRO, seed)
+    cm = compile_model(qm, SMALL)
+    mem = Memory(cm)
+    pm = ProgramModel(SMALL)
+    for task in range(MICRO.num_tasks):
+        img = random_image(MICRO, seed * 10 + task)
+        assert np.array_equal(mem.run(pm, img, task), twin_forward(qm, img, task))
+
+
+def test_functional_model_checks():
+    qm = random_model(MICRO, 2)
+    cm = compile_model(qm, SMALL)
+    mem = Memory(cm)
+    pm = ProgramModel(SMALL)
+    img = random_image(MICRO)
+    cases = [
+        (ErrorCode.TASK_OUT_OF_RANGE, dict(task=2)),
+        (ErrorCode.MISALIGNED_ADDRESS, dict(input_addr=mem.i + 8)),
+        (ErrorCode.MISALIGNED_ADDRESS, dict(weights_addr=mem.w + 256)),
+        (ErrorCode.OVERLAPPING_REGIONS, dict(output_addr=mem.i)),
+        (ErrorCode.PROGRAM_ERROR, dict(program_len=48)),
+    ]
+    for code, override in cases:
+        with pytest.raises(ProgramFault) as info:
+            mem.run(pm, img, override.pop("task", 0), **override)
+        assert info.value.code == code
+
+
+def test_refusals():
+    import dataclasses
+    qm = random_model(MICRO, 3)
+    with pytest.raises(ValueError, match="multiples of the activation buffer's 32 lanes"):
+        compile_model(qm, "zcu104")
+    other = dataclasses.replace(MICRO, name="micro-e8", num_experts=8)
+    with pytest.raises(ValueError, match="MoE engine of this configuration is built for micro"
+                                         "'s MoE blocks \\(num_experts 8 ≠ 4\\)"):
+        compile_model(random_model(other, 0), SMALL)
+    small_abuf = SMALL.replace(compute=SMALL.compute.__class__(
+        SMALL.compute.array, max_m=8, max_k=768, max_n=128, abuf_depth=128, gelu=True))
+    with pytest.raises(ValueError, match="spilled to DDR"):
+        compile_model(qm, small_abuf)
+    with pytest.raises(TypeError, match="QuantizedModel"):
+        compile_model({"x": 1}, SMALL)
+    with pytest.raises(ValueError, match="unknown accelerator configuration"):
+        compile_model(qm, "huge")
+
+
+def test_m3vit_small_is_refused_with_the_reason():
+    cfg = get_config("m3vit-small")
+    zcu = get_accel_config("zcu104")
+    # The MoE engine is built for m3vit-tiny, and m3vit-small's 1025 tokens do not fit on chip.
+    with pytest.raises(ValueError, match="tokens|MoE engine"):
+        compile_model(QuantizedModel(cfg, DEFAULT_NUMERICS, {}), zcu)
+    # Even a configuration whose MoE engine had m3vit-small's shape could not hold its tokens.
+    with pytest.raises(ValueError, match="1025 tokens"):
+        AccelConfig(zcu.compute, model=cfg)
+
+
+@pytest.mark.slow
+def test_m3vit_tiny_on_the_functional_model():
+    """m3vit-tiny compiled for the zcu104 configuration equals the twin (both tasks)."""
+    cfg = get_config("m3vit-tiny")
+    qm = random_model(cfg, 0)
+    cm = compile_model(qm, "zcu104")
+    mem = Memory(cm)
+    pm = ProgramModel(get_accel_config("zcu104"))
+    for task in range(cfg.num_tasks):
+        img = random_image(cfg, task)
+        assert np.array_equal(mem.run(pm, img, task), twin_forward(qm, img, task))
+
+
+def test_config_validation():
+    c = SMALL.compute
+    with pytest.raises(TypeError, match="ComputeConfig"):
+        AccelConfig("x")
+    with pytest.raises(ValueError, match="axi_ports"):
+        SMALL.replace(axi_ports=5)
+    with pytest.raises(ValueError, match="ln_lanes"):
+        SMALL.replace(ln_lanes=6)
+    with pytest.raises(ValueError, match="axi_data_width"):
+        SMALL.replace(axi_data_width=96)
+    with pytest.raises(ValueError, match="GELU"):
+        SMALL.replace(compute=c.__class__(c.array, max_m=8, max_k=768, max_n=128,
+                                          abuf_depth=256, gelu=False))
+    with pytest.raises(ValueError, match="unknown accelerator configuration 'x'; known: "
+                                         "small, zcu104"):
+        get_accel_config("x")
+    assert get_accel_config(SMALL) is SMALL
+    z = get_accel_config("zcu104")
+    assert z.n_pes <= 1728 and z.axi_ports == 4 and z.axi_data_width == 128
+    assert z.regmap["hw_clock_khz"].reset == 300_000
+    assert math.gcd(z.lanes, 192) == z.lanes

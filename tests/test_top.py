@@ -1,0 +1,237 @@
+# amaranth: UnusedElaboratable=no
+# SPDX-License-Identifier: BSD-2-Clause
+"""Tests of hdl/top.py: whole M³ViT frames on the accelerator in the Amaranth simulator.
+
+Every frame runs on the ``small`` configuration with a DDR model on every AXI port (latency,
+random jitter and address-channel stalls) and an AXI protocol checker on every port, and is
+compared bit for bit with :func:`golden.twin.twin_forward`. The error cases (bad register
+values, bad programs, AXI errors, start while busy, a soft reset in the middle of a frame) run
+in one simulation, each followed by a check that the accelerator is idle, and end with a good
+frame that must still be exact.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from golden.config import get_config
+from golden.twin import quantize_image, quantize_params, twin_forward
+from hdl import isa
+from hdl.config import ACCEL_PRESETS, COUNTERS, get_accel_config
+from hdl.regmap import ACCEL_ID, ErrorCode
+from hdl.top import Accelerator
+from sim.driver import AmaranthBackend, Driver
+
+torch = pytest.importorskip("torch")
+from golden.checkpoint import init_model, seeded_image  # noqa: E402  (needs torch)
+
+SMALL = get_accel_config("small")
+MICRO = get_config("micro")
+DEADLINE = 40_000          # cycles: a frame takes about 9000
+
+
+#: micro with a third block: dense, MoE, dense. The MoE blocks have micro's shape (the MoE
+#: engine of the small configuration is built for them), and a dense block follows the MoE
+#: block, whose weights the parameter stream reads ahead while the MoE engine runs.
+MICRO3 = dataclasses.replace(MICRO, name="micro-3", depth=3)
+
+
+@pytest.fixture(scope="module")
+def micro():
+    qm = quantize_params(init_model(MICRO, 7).state_dict(), MICRO)
+    images = [quantize_image(seeded_image(MICRO, s), MICRO) for s in (3, 4)]
+    return qm, images
+
+
+@pytest.fixture(scope="module")
+def micro3():
+    qm = quantize_params(init_model(MICRO3, 8).state_dict(), MICRO3)
+    return qm, quantize_image(seeded_image(MICRO3, 5), MICRO3)
+
+
+def _backend(**kw):
+    params = dict(ddr_size=1 << 20, latency=30, jitter=8, p_addr_stall=0.1, seed=5)
+    params.update(kw)
+    return AmaranthBackend(SMALL, **params)
+
+
+def _expect_error(drv, code):
+    st = drv.status()
+    assert (st["busy"], st["done"], st["error"]) == (0, 1, 1), st
+    assert st["error_code"] == code, st
+
+
+def test_contract():
+    acc = Accelerator(SMALL)
+    members = acc.signature.members
+    assert set(members) == {"ctrl", "m_axi_0", "m_axi_1", "irq", "status"}
+    assert members["ctrl"].signature.flip().addr_width == SMALL.ctrl_addr_width
+    assert members["m_axi_0"].signature.data_width == 128
+    assert members["m_axi_1"].signature.addr_width == SMALL.axi_addr_width
+    with pytest.raises(TypeError, match="AccelConfig"):
+        Accelerator("small")
+    assert set(ACCEL_PRESETS) == {"small", "zcu104"}
+
+
+def test_micro_frames_each_task_back_to_back(micro):
+    """Task 0 then task 1, with only TASK written between the frames: both exact."""
+    qm, images = micro
+    be = _backend()
+    drv = Driver(be, frame_timeout=DEADLINE)
+    cm = drv.load_model(qm)
+    drv.clear_counters()
+    for task, image in ((0, images[0]), (1, images[1])):
+        drv.set_task(task)
+        out = drv.run_frame(image)
+        ref = twin_forward(qm, image, task)
+        assert np.array_equal(out, ref), \
+            f"task {task}: first difference at {np.argwhere(out != ref)[:3].tolist()}"
+        st = drv.status()
+        assert (st["busy"], st["done"], st["error"]) == (0, 1, 0)
+    cnt = drv.counters()
+    assert set(cnt) == {name for name, _ in COUNTERS}
+    assert cnt["instructions"] == 2 * cm.instructions
+    assert cnt["ddr_write_bytes"] == 2 * cm.output_bytes
+    assert cnt["ddr_read_bytes"] > 2 * (cm.input_bytes + cm.pstream_bytes)
+    assert 0 < cnt["compute_busy"] < cnt["cycles"]
+    assert cnt["moe_cycles"] > 0 and cnt["stall_softmax"] > 0 and cnt["stall_layernorm"] > 0
+    # Every port carried traffic and passed the protocol checker.
+    assert all(c.read_bursts for c in be.checkers)
+    assert be.checkers[0].write_bursts
+
+
+def test_errors_reset_and_recovery(micro3):
+    """Every bad input ends in error status with its code and never hangs; a start while busy
+    and a soft reset mid-frame are handled; a good frame after all of it is exact (micro with a
+    dense block after the MoE block)."""
+    qm, image = micro3
+    slverr = (0xF0000, 0xF1000)
+    be = _backend(slverr_range=slverr, seed=9)
+    drv = Driver(be, frame_timeout=DEADLINE)
+    rm = SMALL.regmap
+
+    # Register map: identity, read-back, a RW register, an unmapped word.
+    assert drv.read_reg("id") == ACCEL_ID
+    hw = drv.hardware()
+    assert hw["hw_array"] == {"rows": 16, "cols": 4}
+    assert hw["hw_model2"]["num_tasks"] == MICRO3.num_tasks
+    drv.write_reg("scratch", 0x1234_5678)
+    assert drv.read_reg("scratch") == 0x1234_5678
+    with pytest.raises(AssertionError, match="SLVERR"):
+        be.read_reg(rm.size + 0x40)
+
+    cm = drv.load_model(qm)
+    lay = drv.layout
+
+    good = {"weights_addr": lay.weights, "program_addr": lay.program, "input_addr": lay.input,
+            "output_addr": lay.output, "program_len": len(cm.program), "task": 0}
+
+    def run_expect(code, **regs):
+        for name, value in regs.items():
+            drv.write_reg(name, value)
+        drv.start()
+        be.wait(DEADLINE)
+        _expect_error(drv, code)
+        for name in regs:
+            drv.write_reg(name, good[name])
+
+    # Bad register values, refused at start.
+    run_expect(ErrorCode.TASK_OUT_OF_RANGE, task=2)
+    run_expect(ErrorCode.MISALIGNED_ADDRESS, input_addr=lay.input + 8)
+    run_expect(ErrorCode.MISALIGNED_ADDRESS, weights_addr=lay.weights + 0x100)
+    run_expect(ErrorCode.MISALIGNED_ADDRESS, output_addr=lay.output | (1 << 45))
+    run_expect(ErrorCode.PROGRAM_ERROR, program_len=48)
+    # Checked against the program header.
+    run_expect(ErrorCode.OVERLAPPING_REGIONS, output_addr=lay.input + 0x20)
+    run_expect(ErrorCode.OVERLAPPING_REGIONS, output_addr=lay.weights + 0x1000)
+    # A program whose header allows one task only, run with task 1.
+    one_task = bytearray(cm.program)
+    one_task[5] = 1                                    # header.num_tasks
+    alt = lay.end
+    be.ddr_write(alt, bytes(one_task))
+    run_expect(ErrorCode.TASK_OUT_OF_RANGE, program_addr=alt, task=1)
+    # A bad opcode after the first instruction.
+    bad = bytearray(cm.program)
+    bad[isa.HEADER_BYTES + isa.INSTR_BYTES] = 0x7F
+    be.ddr_write(alt, bytes(bad))
+    run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt)
+    # A program that stops before END.
+    be.ddr_write(alt, cm.program[:3 * isa.INSTR_BYTES])
+    run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt, program_len=3 * isa.INSTR_BYTES)
+    # A DDR read answered with SLVERR (the input LOAD).
+    run_expect(ErrorCode.AXI_ERROR, input_addr=slverr[0])
+
+    # Start while busy, then a soft reset in the middle of the frame.
+    drv.set_task(1)
+    be.ddr_write(lay.input, cm.pack_input(image))
+    drv.start()
+    be.step(600)
+    assert drv.status()["busy"]
+    drv.start()
+    st = drv.status()
+    assert st["busy"] and st["error"] and st["error_code"] == ErrorCode.START_WHILE_BUSY
+    be.step(1500)
+    assert drv.status()["busy"]
+    drv.soft_reset()
+    st = drv.status()
+    assert (st["busy"], st["done"], st["error"]) == (0, 0, 0)
+
+    # Interrupt on done, then a good frame.
+    drv.write_reg("irq_enable", 1)
+    out = drv.run_frame(image)
+    ref = twin_forward(qm, image, 1)
+    assert np.array_equal(out, ref), \
+        f"first difference at {np.argwhere(out != ref)[:3].tolist()}"
+    st = drv.status()
+    assert st["irq"] and be.sim.read_reg(rm.address_of("status")) & 8
+    drv.write_reg("ctrl", 1 << rm["ctrl"].field("irq_clear").offset)
+    assert not drv.status()["irq"]
+
+
+def _verilator_or_skip():
+    from sim.verilator import find_verilator
+    try:
+        find_verilator()
+    except Exception as exc:          # VerilatorNotFound
+        pytest.skip(str(exc))
+
+
+@pytest.mark.slow
+def test_micro_frame_verilator_agrees_cycle_for_cycle(micro):
+    """The same frame on the Verilator back end: exact, and as many cycles as the Amaranth
+    back end takes with the same DDR model seed."""
+    _verilator_or_skip()
+    from sim.driver import VerilatorBackend
+    qm, images = micro
+    ddr = dict(ddr_size=1 << 20, latency=30, jitter=8, p_addr_stall=0.1, seed=5)
+    cycles = []
+    for make in (lambda: VerilatorBackend(SMALL, **ddr), lambda: AmaranthBackend(SMALL, **ddr)):
+        drv = Driver(make(), frame_timeout=DEADLINE)
+        drv.load_model(qm)
+        drv.set_task(1)
+        out = drv.run_frame(images[1])
+        assert np.array_equal(out, twin_forward(qm, images[1], 1))
+        cycles.append(drv.counters()["cycles"])
+    assert cycles[0] == cycles[1]
+
+
+@pytest.mark.slow
+def test_m3vit_tiny_frames_verilator():
+    """m3vit-tiny on the zcu104 configuration, both tasks back to back, through Verilator with
+    the DDR model at ZCU104 figures: exact against the twin. (Tens of minutes: the Verilator
+    build of the full design, then about a million cycles per frame.)"""
+    _verilator_or_skip()
+    from sim.driver import ZCU104_DDR, VerilatorBackend
+    cfg = get_config("m3vit-tiny")
+    zcu = get_accel_config("zcu104")
+    qm = quantize_params(init_model(cfg, 0).state_dict(), cfg)
+    ddr = dict(ZCU104_DDR)
+    ddr["bytes_per_cycle"] = ddr["bytes_per_cycle"] / zcu.axi_ports
+    be = VerilatorBackend(zcu, ddr_size=64 << 20, max_outstanding=16, **ddr)
+    drv = Driver(be, frame_timeout=20_000_000)
+    drv.load_model(qm)
+    for task in range(cfg.num_tasks):
+        image = quantize_image(seeded_image(cfg, 1 + task), cfg)
+        drv.set_task(task)
+        assert np.array_equal(drv.run_frame(image), twin_forward(qm, image, task))
