@@ -61,6 +61,9 @@ LINT_WAIVERS = {
                       "without all values (or without `default`) is complete and latch-free.",
     "SYMRSVDWORD": "`interrupt` is the port name Vivado and HLS use; it only collides with a "
                    "C++ word in Verilator's generated model, which lint does not build.",
+    "CASEOVERLAP": "Yosys writes an Amaranth `If`/`Elif` chain as a `casez` whose patterns "
+                   "overlap; Verilog takes the first matching item, which is the chain's "
+                   "priority.",
     "ASCRANGE": "Amaranth allows zero-width signals (a struct field or counter that a "
                 "configuration does not need, e.g. the tile group when an abuf word holds one "
                 "tile); Yosys writes their alias wires as `[-1:0]`, which nothing drives or "

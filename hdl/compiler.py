@@ -144,6 +144,9 @@ class CompiledModel:
         Where the parts of the weight image are.
     segments : list of dict
         The parameter-stream segments in order (``kind``, ``n``, ``offset``, ``words``, ``what``).
+    blocks : list of str
+        For each instruction, the part of the model it belongs to: ``"embed"`` (input, position
+        and patch embedding), ``"block<i>"``, or ``"output"`` (the store and ``END``).
     """
 
     cfg: ModelConfig
@@ -158,6 +161,7 @@ class CompiledModel:
     moe_bytes: int
     pstream_bytes: int
     segments: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
 
     @property
     def num_tasks(self):
@@ -209,9 +213,12 @@ def _matrix_bytes(mat, width, total=None):
 class _Program:
     def __init__(self):
         self.words = []
+        self.blocks = []
+        self.block = "embed"
 
     def emit(self, op, **fields):
         self.words.append(isa.encode(op, **fields))
+        self.blocks.append(self.block)
 
 
 class _Stream:
@@ -416,6 +423,7 @@ def compile_model(qm, config):
     moe_layer = 0
     for i in range(cfg.depth):
         b = f"blocks.{i}."
+        prog.block = f"block{i}"
         layernorm(b + "ln1", plan.x, plan.u)
         dense(qm[b + "qkv_w"], qm[b + "qkv_b"], b + "qkv", m=n, x_fmt=nx.ln_out,
               w_fmt=nx.weight, out_fmt=nx.qkv, x_base=plan.u, x_stride=plan.row_words,
@@ -451,6 +459,7 @@ def compile_model(qm, config):
                   w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.hidden,
                   x_stride=plan.hidden_words, y_base=plan.x, y_stride=plan.row_words,
                   flags=MatmulFlags.ACCUMULATE)
+    prog.block = "output"
     output_words = n * plan.row_words
     output_bytes = _round_up(output_words * L * 2, config.beat_bytes)
     prog.emit(Opcode.STORE, base=Base.OUTPUT, offset=0, addr=plan.x, words=output_words)
@@ -481,4 +490,4 @@ def compile_model(qm, config):
                          input_bytes=input_bytes, output_bytes=output_bytes,
                          pos_offset=pos_offset, moe_offset=moe_offset,
                          moe_bytes=len(moe_image), pstream_bytes=len(pstream),
-                         segments=stream.segments)
+                         segments=stream.segments, blocks=prog.blocks)

@@ -228,15 +228,25 @@ class Driver:
         AcceleratorError
             If the accelerator reports an error.
         """
+        self.start_frame(image)
+        return self.finish_frame()
+
+    def start_frame(self, image):
+        """Write the image into DDR and start a frame, without waiting (:meth:`run_frame` is
+        this, then :meth:`finish_frame`)."""
         if self.compiled is None:
             raise RuntimeError("load_model() first")
         from golden.twin import quantize_image
         image = np.asarray(image)
         if image.dtype.kind == "f":
             image = quantize_image(image, self.compiled.cfg, self.config.numerics)
-        b = self.backend
-        b.ddr_write(self.layout.input, self.compiled.pack_input(image))
+        self.backend.ddr_write(self.layout.input, self.compiled.pack_input(image))
         self.start()
+
+    def finish_frame(self):
+        """Wait for the frame started by :meth:`start_frame` and return its output tokens
+        (raises :exc:`AcceleratorError` on an error status)."""
+        b = self.backend
         self.last_cycles = b.wait(self.frame_timeout)
         st = self.status()
         if st["error"]:
@@ -362,6 +372,25 @@ class AmaranthBackend(SimBackend):
         super().__init__(sim, config, ddr_base=ddr_base, ddr_size=ddr_size)
 
 
+def design_key(config):
+    """What the accelerator's Verilog depends on, as one string: the Amaranth version, the
+    configuration and a hash of every source file of the ``hdl`` and ``golden`` packages (the
+    key of :meth:`sim.verilator.VerilogDesign.cached`)."""
+    import hashlib
+    import importlib.metadata
+    from pathlib import Path
+
+    import golden
+    import hdl
+    h = hashlib.sha256()
+    for pkg in (hdl, golden):
+        root = Path(pkg.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root.parent)).encode() + b"\0" + path.read_bytes())
+    return (f"amaranth {importlib.metadata.version('amaranth')}; {config!r}; "
+            f"sources {h.hexdigest()}")
+
+
 class VerilatorBackend(SimBackend):
     """The accelerator compiled with Verilator (:class:`sim.verilator.VerilatorSim`), with the
     same DDR model timing as :class:`AmaranthBackend` (no protocol checker: the Amaranth back
@@ -370,10 +399,12 @@ class VerilatorBackend(SimBackend):
     def __init__(self, config, *, ddr_size=1 << 22, ddr_base=0, trace=None, **ddr):
         from hdl.top import Accelerator
         from sim.verilator import VerilatorSim
+        from sim.verilator import VerilogDesign
         config = get_accel_config(config)
         self.accelerator = core = Accelerator(config)
-        sim = VerilatorSim(core, ddr_size=ddr_size, ddr_base=ddr_base, trace=trace,
-                           name="m3vit_accel", **_ddr_args(config, ddr))
+        design = VerilogDesign.cached(core, name="m3vit_accel", key=design_key(config))
+        sim = VerilatorSim(design, ddr_size=ddr_size, ddr_base=ddr_base, trace=trace,
+                           **_ddr_args(config, ddr))
         super().__init__(sim, config, ddr_base=ddr_base, ddr_size=ddr_size)
 
 

@@ -39,12 +39,15 @@ ZCU104_DDR_BYTES_PER_CYCLE = 17.06e9 / 300e6
 
 @dataclass
 class FrameEstimate:
-    """The model's figures for one frame."""
+    """The model's figures for one frame (``per_instruction``: the model's ``op``, ``cycles``,
+    ``compute_bound`` and ``ddr_bytes`` of every instruction before ``END``, in program
+    order)."""
     cycles: int = 0
     compute_bound: int = 0
     ddr_bytes: int = 0
     ddr_bound: int = 0
     by_opcode: dict = field(default_factory=dict)
+    per_instruction: list = field(default_factory=list)
 
     @property
     def roofline(self):
@@ -70,6 +73,20 @@ def expert_counts(qm, image_q, task):
         out.append([len(t) for _, t, _ in qref.reorder(idx, np.zeros_like(idx),
                                                         qm.cfg.num_experts)])
     return out
+
+
+def _formulas_only(*objs):
+    """Mark hardware objects built only for their cycle formulas (and the parts they build
+    eagerly) as intentionally unelaborated, so Amaranth does not warn about them."""
+    from amaranth.hdl import Elaboratable
+    seen, todo = set(), list(objs)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or not isinstance(obj, Elaboratable):
+            continue
+        seen.add(id(obj))
+        obj._MustUse__silence = True
+        todo.extend(vars(obj).values())
 
 
 def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
@@ -118,9 +135,12 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
         per = cfg.tokens * cfg.top_k / cfg.num_experts
         counts = [[max(1, round(per))] * cfg.num_experts for _ in cfg.moe_blocks]
     moe_engine = MoELayer(c.moe) if cfg.moe_blocks else None
+    _formulas_only(cu, moe_engine)
     lay = c.moe.layout if cfg.moe_blocks else None
 
     def add(op, cycles, bound, nbytes):
+        est.per_instruction.append({"op": op, "cycles": int(round(cycles)) + overhead,
+                                    "compute_bound": int(round(bound)), "ddr_bytes": int(nbytes)})
         by[op] = by.get(op, 0) + int(round(cycles))
         est.cycles += int(round(cycles)) + overhead
         est.compute_bound += int(round(bound))

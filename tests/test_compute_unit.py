@@ -380,3 +380,22 @@ def test_bench_matmul_refuses(capsys):
     from sim.bench import main
     assert main(["matmul", "--m", "0", "--json"]) == 2
     assert "--m must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["qkv", "fc1", "av", "expert_fc2"])
+def test_bench_matmul_formula_matches_the_simulation(kind, capsys):
+    """``--no-sim`` reports the cycle formula the simulation meets."""
+    import json
+
+    from sim.bench import main
+    argv = ["matmul", "--m", "5", "--k", "7", "--n", "9", "--rows", "2", "--cols", "4",
+            "--kind", kind, "--json"]
+    assert main(argv) == 0
+    sim = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--no-sim"]) == 0
+    formula = json.loads(capsys.readouterr().out)
+    assert sim["bit_exact"] is True
+    assert formula["formula_cycles"] == sim["formula_cycles"] == sim["cycles"]
+    assert formula["formula_utilization"] == sim["utilization"]
+    assert formula["loss_cycles"] == {k: v for k, v in sim["loss_cycles"].items()
+                                      if k != "weight_stalls"}

@@ -560,3 +560,28 @@ def test_speed(vsim, record_property):
     print(f"\ncopy engine: Verilator {fast:,.0f} cycles/s, Amaranth {slow:,.0f} cycles/s, "
           f"{fast / slow:,.0f}x")
     assert fast > 20 * slow
+
+
+def test_verilog_cache_by_key(tmp_path, monkeypatch):
+    """VerilogDesign.cached converts once per key; a hit does not convert again."""
+    first = VerilogDesign.cached(Ticker(), name="ticker", key="k1", cache_dir=tmp_path)
+    assert first == VerilogDesign.from_core(Ticker(), name="ticker")
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted although the key was cached")
+    with monkeypatch.context() as mp:
+        mp.setattr(VerilogDesign, "from_core", classmethod(no_conversion))
+        assert VerilogDesign.cached(Ticker(), name="ticker", key="k1", cache_dir=tmp_path) == first
+        with pytest.raises(AssertionError, match="converted"):
+            VerilogDesign.cached(Ticker(), name="ticker", key="k2", cache_dir=tmp_path)
+    with pytest.raises(TypeError, match="wiring.Component"):
+        VerilogDesign.cached(object(), key="k1", cache_dir=tmp_path)
+
+
+def test_design_key_follows_the_sources_and_config():
+    from hdl.config import get_accel_config
+    from sim.driver import design_key
+    small = get_accel_config("small")
+    assert design_key(small) == design_key(small)
+    assert design_key(small) != design_key(small.replace(clock_mhz=250.0))
+    assert "sources " in design_key(small)

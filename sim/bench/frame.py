@@ -13,7 +13,13 @@ Figures: ``bit_exact``, ``cycles``, ``ms_at_clock``, ``macs`` (``ModelConfig.mac
 ``pe_utilization`` (MACs / (cycles · PEs)), ``ddr_bytes`` (read + write), ``stall_cycles`` by
 cause (the accelerator's counters), ``roofline_cycles`` = max(compute-bound, DDR-bound),
 ``roofline_fraction`` = roofline / cycles, the analytic estimate ``model_cycles``, and the
-time the simulation took.
+time it took: ``setup_seconds`` (elaboration, Verilog, the Verilator build or its cache),
+``sim_seconds`` (the frame itself) and ``sim_cycles_per_second``.
+
+``--plot FILE.png`` (or ``--breakdown``) also samples the counters during the frame
+(:mod:`sim.frame_profile`) and reports ``per_block``: each block's cycles by category (dense
+products, attention, nonlinear units, MoE, copies, DMA stall) and its roofline; ``--plot``
+draws them.
 """
 
 import time
@@ -37,6 +43,14 @@ def add_arguments(parser):
                         help="no hardware simulation: functional model and analytic cycles")
     parser.add_argument("--latency", type=int, default=100, help="DDR latency in cycles")
     parser.add_argument("--jitter", type=int, default=16, help="DDR latency jitter")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="per-block cycle breakdown (samples the counters during the frame)")
+    parser.add_argument("--plot", metavar="FILE.png", default=None,
+                        help="draw the per-block breakdown and rooflines to FILE.png (implies "
+                             "--breakdown)")
+    parser.add_argument("--sample-every", type=int, default=None,
+                        help="cycles between counter samples for the breakdown (default: the "
+                             "estimated frame cycles / 500, at least 256)")
 
 
 def _model(cfg, seed):
@@ -55,6 +69,12 @@ def run(args):
 
     cfg = get_config(args.config)
     cfg.check_task(args.task)
+    breakdown = args.breakdown or args.plot is not None
+    if breakdown and args.model_only:
+        raise ValueError("--breakdown and --plot need a simulation, not --model-only")
+    if args.sample_every is not None and args.sample_every < 1:
+        raise ValueError(f"--sample-every must be a positive number of cycles, not "
+                         f"{args.sample_every}")
     accel = get_accel_config(args.accel or ("small" if cfg.name == "micro" else "zcu104"))
     qm, image = _model(cfg, args.seed)
     cm = compile_model(qm, accel)
@@ -102,11 +122,24 @@ def run(args):
                    bytes_per_cycle=port, max_outstanding=16)
         backend = (AmaranthBackend(accel, **ddr) if args.backend == "amaranth"
                    else VerilatorBackend(accel, **ddr))
+        setup = time.time() - t0
         drv = Driver(backend, frame_timeout=20 * est.cycles + 100_000)
         drv.load_model(qm)
         drv.set_task(args.task)
         drv.clear_counters()
-        got = drv.run_frame(image)
+        t1, c1 = time.time(), backend.cycles
+        if breakdown:
+            from sim.frame_profile import per_block, profile_frame
+            every = args.sample_every or max(256, est.cycles // 500)
+            got, per_instr = profile_frame(drv, image, every=every,
+                                           weights=[i["cycles"] for i in est.per_instruction])
+            out["sample_every"] = every
+        else:
+            got = drv.run_frame(image)
+        sim_s = time.time() - t1
+        sim_cycles = backend.cycles - c1
+        out.update({"setup_seconds": round(setup, 1), "sim_seconds": round(sim_s, 2),
+                    "sim_cycles_per_second": round(sim_cycles / max(sim_s, 1e-9))})
         cnt = drv.counters()
         cycles = cnt["cycles"]
         stalls = {k[len("stall_"):]: v for k, v in cnt.items() if k.startswith("stall_")}
@@ -136,4 +169,13 @@ def run(args):
         "experts_used": [len(c) for c in counts],
         "wall_s": round(wall, 1),
     })
+    if breakdown:
+        blocks = per_block(cm, per_instr, est, ddr_bytes_per_cycle=agg)
+        out["per_block"] = blocks
+        if args.plot:
+            from sim.frame_profile import plot_breakdown
+            plot_breakdown(blocks, args.plot, title=(
+                f"{cfg.name}, task {args.task}, {out['array']} array: {int(cycles):,} cycles "
+                f"({out['ms_at_clock']} ms at {accel.clock_mhz:g} MHz)"))
+            out["plot"] = str(args.plot)
     return out

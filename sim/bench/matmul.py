@@ -42,7 +42,9 @@ def add_arguments(parser):
                              "identical, so the preset's buffer is reported scaled)")
     parser.add_argument("--res-no-gelu", action="store_true",
                         help="estimate the instance without the GELU unit")
-    parser.add_argument("--no-sim", action="store_true", help="skip the simulation")
+    parser.add_argument("--no-sim", action="store_true",
+                        help="skip the simulation: report the cycle formula's figures "
+                             "(formula_cycles, formula_utilization, loss_cycles)")
 
 
 def _instance_config(rows, cols, abuf_depth=None, gelu=True):
@@ -154,6 +156,35 @@ def simulate(m, k, n, *, rows=16, cols=16, kind="qkv", seed=0, p_idle=0.0):
     }
 
 
+# What each --kind's product has (mirrors sim.compute_model.product_for): W transposed (A·V),
+# a bias, a per-row scale (an expert's fc2 times the router score).
+_KIND_EPILOGUE = {"av": (True, False, False), "qk": (False, False, False),
+                  "router": (False, False, False),
+                  "expert_fc2": (False, True, True)}
+
+
+def formula(m, k, n, *, rows=16, cols=16, kind="qkv"):
+    """The cycle formula's figures for one product, without simulating it
+    (:meth:`hdl.systolic.unit.ComputeUnit.cycles`, which every simulation meets exactly)."""
+    from hdl.systolic.config import ArrayConfig, ComputeConfig
+    from hdl.systolic.unit import ComputeUnit
+    w_t, bias, row_scale = _KIND_EPILOGUE.get(kind, (False, True, False))
+    unit = ComputeUnit(ComputeConfig(ArrayConfig(rows, cols), max_m=m, max_k=k, max_n=n,
+                                     gelu=kind in ("fc1", "expert_fc1")))
+    unit._MustUse__silence = True          # built for its formulas only
+    cycles = unit.cycles(m, k, n, w_transposed=w_t, bias=bias, row_scale=row_scale)
+    ideal = unit.ideal_cycles(m, k, n)
+    loss = unit.loss_breakdown(m, k, n, w_transposed=w_t, bias=bias, row_scale=row_scale)
+    return {
+        "m": m, "k": k, "n": n, "rows": rows, "cols": cols, "pes": rows * cols, "kind": kind,
+        "formula_cycles": cycles, "ideal_cycles": ideal,
+        "formula_utilization": ideal / cycles,
+        "loss_cycles": {key: round(v, 2) for key, v in loss.items() if key != "ideal"},
+        "loss_fraction": {key: round(v / cycles, 5) for key, v in loss.items()
+                          if key != "ideal"},
+    }
+
+
 def run(args):
     from hdl.systolic.config import ArrayConfig, ComputeConfig
     ArrayConfig(args.rows, args.cols)            # refuses bad arrays with a clear message
@@ -166,7 +197,10 @@ def run(args):
     ComputeConfig(ArrayConfig(args.rows, args.cols), max_m=args.m, max_k=args.k,
                   max_n=args.n)
     result = {}
-    if not args.no_sim:
+    if args.no_sim:
+        result.update(formula(args.m, args.k, args.n, rows=args.rows, cols=args.cols,
+                              kind=args.kind))
+    else:
         result.update(simulate(args.m, args.k, args.n, rows=args.rows, cols=args.cols,
                                kind=args.kind, seed=args.seed, p_idle=args.p_idle))
     if args.resources:

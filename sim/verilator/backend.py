@@ -373,12 +373,39 @@ class VerilogDesign:
         if not isinstance(core, wiring.Component):
             raise TypeError(f"core must be an amaranth.lib.wiring.Component, not {core!r}")
         ports = PortSpec.from_signature(core.signature)
-        text = _verilog.convert(core, name=name)
+        # No source locations: the text (and so the build cache key) does not depend on
+        # where the checkout is.
+        text = _verilog.convert(core, name=name, emit_src=False)
         if re.search(r"^\s*input\s+clk\s*;", text, re.M) is None:
             raise TypeError(f"{core!r} has no `sync` clock domain (no `clk` input in its "
                             f"Verilog); the host side needs one")
         return cls(name=name, verilog=text, ports=ports,
                    has_rst=re.search(r"^\s*input\s+rst\s*;", text, re.M) is not None)
+
+    @classmethod
+    def cached(cls, core, *, name="top", key, cache_dir=None):
+        """:meth:`from_core`, with the Verilog kept in the cache under ``key``.
+
+        ``key`` (a string) must identify everything the Verilog depends on — the design's
+        source, its configuration, the Amaranth version — and the caller is responsible for
+        that (:class:`sim.driver.VerilatorBackend` hashes the ``hdl`` and ``golden`` sources).
+        A hit skips the conversion, which for the whole accelerator is most of a warm start.
+        """
+        if not isinstance(core, wiring.Component):
+            raise TypeError(f"core must be an amaranth.lib.wiring.Component, not {core!r}")
+        digest = hashlib.sha256(f"{name}\0{key}".encode()).hexdigest()[:24]
+        root = (Path(cache_dir) if cache_dir is not None else cache_root()) / "verilog"
+        path = root / f"{name}-{digest}.v"
+        if path.exists():
+            text = path.read_text()
+            return cls(name=name, verilog=text, ports=PortSpec.from_signature(core.signature),
+                       has_rst=re.search(r"^\s*input\s+rst\s*;", text, re.M) is not None)
+        design = cls.from_core(core, name=name)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(design.verilog)
+        os.replace(tmp, path)                # atomic: a reader never sees half a file
+        return design
 
 
 # -- building ---------------------------------------------------------------------------------

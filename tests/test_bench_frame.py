@@ -1,0 +1,56 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""``python -m sim.bench frame``: the figures, the per-block breakdown and its chart."""
+
+import json
+
+import pytest
+
+from sim.bench import main
+
+pytest.importorskip("torch")
+
+
+def _run(argv, capsys):
+    code = main(["frame", *argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_model_only_micro(capsys):
+    code, out, err = _run(["--config", "micro", "--model-only", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["bit_exact"] is True and r["backend"] == "model"
+    for key in ("cycles", "ms_at_clock", "macs", "pe_utilization", "ddr_bytes",
+                "roofline_cycles", "roofline_fraction", "model_cycles"):
+        assert key in r
+    assert r["roofline_cycles"] == max(r["compute_bound_cycles"], r["ddr_bound_cycles"])
+    assert r["pe_utilization"] == round(r["macs"] / (r["cycles"] * 64), 4)
+
+
+def test_breakdown_and_plot_on_verilator(tmp_path, capsys):
+    """The per-block cycles add up to the frame's cycles; the chart is a PNG."""
+    png = tmp_path / "frame.png"
+    code, out, err = _run(["--config", "micro", "--backend", "verilator", "--task", "1",
+                           "--plot", str(png), "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["bit_exact"] is True
+    blocks = r["per_block"]
+    assert [b["block"] for b in blocks] == ["embed", "block0", "block1", "output"]
+    # Every cycle is attributed; the per-category figures are rounded to whole cycles.
+    assert abs(sum(b["cycles"] for b in blocks) - r["cycles"]) <= len(blocks) * 3
+    assert blocks[2]["moe"] > 0 and blocks[1]["moe"] == 0           # micro: block 1 is MoE
+    assert all(b["attention"] > 0 and b["nonlinear"] > 0 for b in blocks[1:3])
+    assert r["sim_seconds"] > 0 and r["sim_cycles_per_second"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model-only", "--plot", "x.png"], "need a simulation"),
+    (["--sample-every", "0"], "--sample-every must be a positive"),
+    (["--task", "7"], "task"),
+])
+def test_refusals(argv, message, capsys):
+    code, _, err = _run(["--config", "micro", *argv], capsys)
+    assert code == 2 and message in err
