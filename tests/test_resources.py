@@ -1,0 +1,78 @@
+# amaranth: UnusedElaboratable=no
+# SPDX-License-Identifier: BSD-2-Clause
+"""hdl/resources.py: the Verilog splitter, the partition, and an estimate in parts equal to one
+in a single run where nothing is optimised across the cuts."""
+
+import pytest
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hdl import verilog
+from hdl.resources import estimate, partition, split_modules
+
+
+class _Mac(wiring.Component):
+    """One registered multiply-accumulate (a DSP48E2), with a constant compare like a PE's."""
+
+    def __init__(self, index):
+        self._index = index
+        super().__init__({"a": In(signed(16)), "b": In(signed(16)), "tag": In(4),
+                          "acc": Out(signed(40)), "hit": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += [self.acc.eq(self.acc + self.a * self.b), self.hit.eq(self.tag == self._index)]
+        return m
+
+
+class _Row(wiring.Component):
+    def __init__(self, n):
+        self._n = n
+        super().__init__({"a": In(signed(16)), "b": In(signed(16)), "tag": In(4),
+                          "out": Out(signed(40)), "hits": Out(n)})
+
+    def elaborate(self, platform):
+        m = Module()
+        total = 0
+        for i in range(self._n):
+            m.submodules[f"mac{i}"] = mac = _Mac(i)
+            b = Signal(signed(16), name=f"b{i}")
+            m.d.sync += b.eq(self.b + i)
+            m.d.comb += [mac.a.eq(self.a), mac.b.eq(b), mac.tag.eq(self.tag),
+                         self.hits[i].eq(mac.hit)]
+            total = total + mac.acc
+        m.d.sync += self.out.eq(total)
+        return m
+
+
+def _text(n=6):
+    return verilog.convert(_Row(n), name="row", emit_src=False)
+
+
+def test_split_and_partition():
+    tree, top = split_modules(_text())
+    assert top == "row"
+    assert len(tree["row"][1]) == 6 and all(not kids for _, kids in
+                                            (tree[k] for k in tree["row"][1]))
+    whole = sum(text.count("\n") for text, _ in tree.values())
+    assert partition(tree, top, limit=whole) == [("row", ())]
+    parts = partition(tree, top, limit=whole // 2)
+    assert parts[0][0] == "row" and parts[0][1]
+    covered = {root for root, _ in parts}
+    assert covered | set(tree["row"][1]) == set(tree)      # every module in some part
+    with pytest.raises(ValueError, match="no top module"):
+        split_modules("")
+
+
+def test_estimate_in_parts_matches_one_run():
+    text = _text()
+    one = estimate(None, name="row", verilog_text=text)
+    parts = estimate(None, name="row", verilog_text=text, part_lines=40)
+    assert one["yosys_runs"] == 1 and parts["parts"] == 7
+    # The MACs differ only in their constant (MAC 0's compare is written as `!tag`).
+    assert parts["yosys_runs"] == 3
+    assert one["DSP"] == parts["DSP"] == 6
+    for key in ("FF", "BRAM36", "URAM"):
+        assert one[key] == parts[key], key
+    assert abs(one["LUT"] - parts["LUT"]) <= 0.1 * one["LUT"] + 4
