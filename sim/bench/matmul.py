@@ -156,21 +156,18 @@ def simulate(m, k, n, *, rows=16, cols=16, kind="qkv", seed=0, p_idle=0.0):
     }
 
 
-# What each --kind's product has (mirrors sim.compute_model.product_for): W transposed (A·V),
-# a bias, a per-row scale (an expert's fc2 times the router score).
-_KIND_EPILOGUE = {"av": (True, False, False), "qk": (False, False, False),
-                  "router": (False, False, False),
-                  "expert_fc2": (False, True, True)}
-
-
 def formula(m, k, n, *, rows=16, cols=16, kind="qkv"):
     """The cycle formula's figures for one product, without simulating it
     (:meth:`hdl.systolic.unit.ComputeUnit.cycles`, which every simulation meets exactly)."""
     from hdl.systolic.config import ArrayConfig, ComputeConfig
     from hdl.systolic.unit import ComputeUnit
-    w_t, bias, row_scale = _KIND_EPILOGUE.get(kind, (False, True, False))
+    from sim.compute_model import product_for
+    # The product's operand source and epilogue, exactly as the simulation would run it.
+    p = product_for({"expert_fc1": "fc1"}.get(kind, kind), m, k, n, DEFAULT_NUMERICS,
+                    np.random.default_rng(0))
+    w_t, bias, row_scale = p.w_source == "abuf_t", p.bias is not None, p.row_scale is not None
     unit = ComputeUnit(ComputeConfig(ArrayConfig(rows, cols), max_m=m, max_k=k, max_n=n,
-                                     gelu=kind in ("fc1", "expert_fc1")))
+                                     gelu=p.gelu))
     unit._MustUse__silence = True          # built for its formulas only
     cycles = unit.cycles(m, k, n, w_transposed=w_t, bias=bias, row_scale=row_scale)
     ideal = unit.ideal_cycles(m, k, n)

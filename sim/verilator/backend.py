@@ -379,6 +379,10 @@ class VerilogDesign:
         if re.search(r"^\s*input\s+clk\s*;", text, re.M) is None:
             raise TypeError(f"{core!r} has no `sync` clock domain (no `clk` input in its "
                             f"Verilog); the host side needs one")
+        return cls._of_text(name, text, ports)
+
+    @classmethod
+    def _of_text(cls, name, text, ports):
         return cls(name=name, verilog=text, ports=ports,
                    has_rst=re.search(r"^\s*input\s+rst\s*;", text, re.M) is not None)
 
@@ -397,9 +401,7 @@ class VerilogDesign:
         root = (Path(cache_dir) if cache_dir is not None else cache_root()) / "verilog"
         path = root / f"{name}-{digest}.v"
         if path.exists():
-            text = path.read_text()
-            return cls(name=name, verilog=text, ports=PortSpec.from_signature(core.signature),
-                       has_rst=re.search(r"^\s*input\s+rst\s*;", text, re.M) is not None)
+            return cls._of_text(name, path.read_text(), PortSpec.from_signature(core.signature))
         design = cls.from_core(core, name=name)
         root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
