@@ -91,9 +91,12 @@ class DDRModel:
       a burst also waits for the bursts before it. A B response is offered ``latency`` (+ jitter)
       cycles after the cycle of the burst's last W beat.
     * **Bandwidth.** One budget of ``bytes_per_cycle`` is **shared by reads and writes**, as a
-      DDR data bus is. A token bucket (capacity ``max(bytes_per_cycle, beat)``) gains
-      ``bytes_per_cycle`` every cycle; offering an R beat or a W ready costs one beat of bytes.
-      R and W take turns at the budget. A W ready that is not used is refunded.
+      DDR data bus is. A token bucket gains ``bytes_per_cycle`` every cycle; offering an R beat
+      or a W ready costs one beat of bytes. Its capacity is ``bytes_per_cycle`` at a beat per
+      cycle or more, and one beat plus ``bytes_per_cycle`` below that, so that a fractional rate
+      is kept exactly over time (12 B/cycle on a 16-byte bus: three beats every four cycles,
+      not one every two). R and W take turns at the budget. A W ready that is not used is
+      refunded.
     * **Outstanding.** ``arready`` is low while ``max_outstanding`` read bursts are queued;
       ``awready`` is low while ``max_outstanding`` write bursts await their data or response.
       With ``p_addr_stall``, ``arready``/``awready`` are also low at random in a cycle.
@@ -233,7 +236,9 @@ class DDRModel:
         rng = SplitMix64(self.seed)
         stats = self.stats = DDRStats()
         bpc = self.bytes_per_cycle
-        capacity = max(bpc, nb)
+        # One beat plus one cycle's credit when the rate is below a beat per cycle: a bucket of
+        # one beat would throw the fraction away and round the rate down to nb / ceil(nb / bpc).
+        capacity = nb + bpc if bpc < nb else bpc
         tokens = capacity
         mem = self._mem
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from hdl import isa
 from hdl.isa import MatmulFlags, Opcode
+from sim.harness import unelaborated
 
 __all__ = ["FrameEstimate", "estimate_frame", "expert_counts", "ZCU104_DDR_BYTES_PER_CYCLE"]
 
@@ -73,20 +74,6 @@ def expert_counts(qm, image_q, task):
         out.append([len(t) for _, t, _ in qref.reorder(idx, np.zeros_like(idx),
                                                         qm.cfg.num_experts)])
     return out
-
-
-def _formulas_only(*objs):
-    """Mark hardware objects built only for their cycle formulas (and the parts they build
-    eagerly) as intentionally unelaborated, so Amaranth does not warn about them."""
-    from amaranth.hdl import Elaboratable
-    seen, todo = set(), list(objs)
-    while todo:
-        obj = todo.pop()
-        if id(obj) in seen or not isinstance(obj, Elaboratable):
-            continue
-        seen.add(id(obj))
-        obj._MustUse__silence = True
-        todo.extend(vars(obj).values())
 
 
 def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
@@ -135,7 +122,7 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
         per = cfg.tokens * cfg.top_k / cfg.num_experts
         counts = [[max(1, round(per))] * cfg.num_experts for _ in cfg.moe_blocks]
     moe_engine = MoELayer(c.moe) if cfg.moe_blocks else None
-    _formulas_only(cu, moe_engine)
+    unelaborated(cu, moe_engine)      # built for their cycle formulas only
     lay = c.moe.layout if cfg.moe_blocks else None
 
     def add(op, cycles, bound, nbytes):

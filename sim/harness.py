@@ -5,7 +5,28 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
-__all__ = ["SimulationDeadline", "run_sim"]
+__all__ = ["SimulationDeadline", "run_sim", "unelaborated"]
+
+
+def unelaborated(*objs):
+    """Mark hardware objects that are intentionally never elaborated — built for their cycle
+    formulas or their signature only — and the parts they build eagerly, so that Amaranth does
+    not warn that they were created but never used."""
+    from amaranth.hdl import Elaboratable
+    seen, todo = set(), list(objs)
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, (list, tuple)):
+            todo.extend(obj)
+            continue
+        if isinstance(obj, dict):
+            todo.extend(obj.values())
+            continue
+        if id(obj) in seen or not isinstance(obj, Elaboratable):
+            continue
+        seen.add(id(obj))
+        obj._MustUse__silence = True
+        todo.extend(vars(obj).values())
 
 
 class SimulationDeadline(AssertionError):

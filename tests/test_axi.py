@@ -621,15 +621,18 @@ def test_checker_catches_wrong_rlast():
         run_sim(dut, [tb], background=[bad_subordinate, checker.testbench])
 
 
-def test_ddr_bandwidth_cap(sim_args):
-    """Half a beat per cycle: a 128-beat read takes at least 256 cycles."""
-    beats, latency = 128, 5
-    dut = AXI4ReadMaster()
-    ddr = DDRModel(dut.bus, size=MEM_SIZE, latency=latency, bytes_per_cycle=8)
+@pytest.mark.parametrize("bytes_per_cycle", [8, 12, 56.9 / 4, 5.5])
+def test_ddr_bandwidth_cap(bytes_per_cycle, sim_args):
+    """A long read runs at the configured rate, fractions of a beat per cycle included (a
+    bucket of one beat would round 12 B/cycle on a 16-byte bus down to 8)."""
+    beats, latency = 256, 5
+    dut = AXI4ReadMaster(max_outstanding=8)
+    ddr = DDRModel(dut.bus, size=MEM_SIZE, latency=latency, bytes_per_cycle=bytes_per_cycle)
     words, _ = _read_test(dut, ddr, [(0x0, beats)], p_idle=0.0, p_stall=0.0, seed=0,
                           sim_args=sim_args)
     assert words == _expected_reads(ddr, [(0x0, beats)])
-    assert 2 * beats <= ddr.stats.cycles <= 2 * beats + latency + 10
+    ideal = beats * 16 / bytes_per_cycle
+    assert ideal - 2 <= ddr.stats.cycles <= ideal + latency + 12
     assert ddr.stats.busy_cycles == beats and ddr.stats.read_bursts == beats // 16
 
 

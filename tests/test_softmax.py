@@ -260,3 +260,14 @@ def test_softmax_config_errors():
         row_beats(cfg, [0] * 4, 2, 11819)
     assert cfg.lanes == NX.softmax_lanes and cfg.buffer_words == 128
     assert MANTISSA_FRAC == qref.MANTISSA_FRAC
+
+
+@pytest.mark.parametrize("lanes", [4, 32])
+def test_bench_lanes_set_the_numerics(lanes, capsys):
+    """``sim.bench softmax --lanes N`` builds the unit and the twin with N-lane numerics."""
+    import json
+    from sim.bench import main
+    main(["softmax", "--lanes", str(lanes), "--rows", "2", "--len", "40", "--max-len", "64",
+          "--error-rows", "4", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["lanes"] == lanes and out["bit_exact"] and out["mismatches"] == 0

@@ -162,13 +162,14 @@ def formula(m, k, n, *, rows=16, cols=16, kind="qkv"):
     from hdl.systolic.config import ArrayConfig, ComputeConfig
     from hdl.systolic.unit import ComputeUnit
     from sim.compute_model import product_for
+    from sim.harness import unelaborated
     # The product's operand source and epilogue, exactly as the simulation would run it.
     p = product_for({"expert_fc1": "fc1"}.get(kind, kind), m, k, n, DEFAULT_NUMERICS,
                     np.random.default_rng(0))
     w_t, bias, row_scale = p.w_source == "abuf_t", p.bias is not None, p.row_scale is not None
     unit = ComputeUnit(ComputeConfig(ArrayConfig(rows, cols), max_m=m, max_k=k, max_n=n,
                                      gelu=p.gelu))
-    unit._MustUse__silence = True          # built for its formulas only
+    unelaborated(unit)                      # built for its formulas only
     cycles = unit.cycles(m, k, n, w_transposed=w_t, bias=bias, row_scale=row_scale)
     ideal = unit.ideal_cycles(m, k, n)
     loss = unit.loss_breakdown(m, k, n, w_transposed=w_t, bias=bias, row_scale=row_scale)

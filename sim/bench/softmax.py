@@ -7,6 +7,7 @@ to back), the latency of an isolated row (observed and the ``latency`` property)
 own error against float64 softmax.
 """
 
+import dataclasses
 import random
 from functools import partial
 
@@ -182,6 +183,9 @@ def add_arguments(parser):
 
 def run(args):
     nx = DEFAULT_NUMERICS
+    if args.lanes is not None:
+        # The lane count is part of the numerics: the twin regroups the running sum with it.
+        nx = dataclasses.replace(nx, softmax_lanes=args.lanes)
     cfg = SoftmaxConfig(nx, args.lanes, args.max_len)
     cfg.check_row_len(args.len)
     if args.rows < 1:

@@ -58,7 +58,7 @@ from amaranth.sim import Simulator
 
 from hdl.axi import AXI4LiteSignature, AXI4Signature, Resp
 from sim.ddr import DDRAccessError, DDRModel, DDRStats
-from sim.harness import SimulationDeadline
+from sim.harness import SimulationDeadline, unelaborated
 
 __all__ = [
     "VerilatorNotFound", "VerilatorBuildError", "RegisterAccessError", "SimulationFailed",
@@ -401,6 +401,7 @@ class VerilogDesign:
         root = (Path(cache_dir) if cache_dir is not None else cache_root()) / "verilog"
         path = root / f"{name}-{digest}.v"
         if path.exists():
+            unelaborated(core)               # only its signature is needed
             return cls._of_text(name, path.read_text(), PortSpec.from_signature(core.signature))
         design = cls.from_core(core, name=name)
         root.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,8 @@ struct DDRPort {
         nb = b->data_bytes;
         rng = SplitMix64(p->seed + index);
         bpc = p->bytes_per_cycle > 0 ? p->bytes_per_cycle : double(nb);
-        capacity = std::max(bpc, double(nb));
+        // One beat plus one cycle's credit below a beat per cycle (as sim.ddr.DDRModel).
+        capacity = bpc < nb ? nb + bpc : bpc;
         tokens = capacity;
         rbuf.assign(nb, 0);
     }
