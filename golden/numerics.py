@@ -97,7 +97,7 @@ class Numerics:
     logit: QFormat = SQ(6, 10)
     acc_bits: int = 48
     operand_bits: int = 18
-    softmax_lanes: int = 8
+    softmax_lanes: int = 16
     softmax_logit_frac: int = 16
     softmax_scale_frac: int = 20
     exp_frac: int = 18

@@ -73,7 +73,8 @@ class AccelConfig:
     ln_max_len : int or None
         Longest LayerNorm row (default: the model's ``dim``).
     softmax_max_len : int or None
-        Longest softmax row (default: ``compute.max_m``, the most tokens).
+        Longest softmax row (default: ``compute.max_m``, the most tokens). The one softmax unit
+        serves the attention rows and the MoE router's (rows of ``num_experts`` logits).
     axi_ports : int
         AXI4 masters ``m_axi_0 … m_axi_{axi_ports−1}``, 1..4 (one per PS HP port). Port 0
         carries the program, activations and results; the parameter stream is striped over the
@@ -168,6 +169,10 @@ class AccelConfig:
                 raise ValueError(f"{what} ({bits} bits) and the {dw}-bit bus must divide one "
                                  f"another")
         c, mdl = self.compute, self.model
+        if self.softmax_max_len < mdl.num_experts:
+            raise ValueError(f"softmax_max_len ({self.softmax_max_len}) must be at least the "
+                             f"model's {mdl.num_experts} experts: one softmax unit serves the "
+                             f"attention rows and the router's")
         if mdl.tokens > c.max_m:
             raise ValueError(f"the MoE engine's model {mdl.name} has {mdl.tokens} tokens, above "
                              f"compute.max_m = {c.max_m}")

@@ -8,9 +8,10 @@
         ┌──────────────────────────┬───────────────┬──────────────┬──────────┼───────┐
         ▼                          ▼               ▼              ▼          ▼       ▼
      LOAD/STORE engines     LayerNorm engine  softmax engine   MATMUL      MOE     END
-        │   ▲                 │ LayerNorm       │ Softmax        │          │
+        │   ▲                 │ LayerNorm       │ (the MoE       │          │
+        │   │                 │                 │  engine's unit)│          │
         ▼   │ ext port        ▼                 ▼                ▼          ▼
-    ┌─────────────── SharedMoELayer: MoE engine + ComputeUnit + abuf ──────────────┐
+    ┌──────── SharedMoELayer: MoE engine + ComputeUnit + abuf + Softmax ───────────┐
     └──────────────────────────────────────────────────────────────────────────────┘
             ▲ w, b (weights, biases)          ▲ LayerNorm parameters
             └────────── ParamStream (DDR, read ahead, striped over ports) ──┘
@@ -37,7 +38,6 @@ from .engines import LoadEngine, ParamStream, RowEngine, SharedMoELayer, StoreEn
 from .isa import Base, Opcode
 from .moe.layer import Status as MoEStatus
 from .nonlin.layernorm import LayerNorm
-from .nonlin.softmax import Softmax
 from .regmap import ErrorCode
 from .stream_util import Queue
 from .systolic.unit import Error as CUError
@@ -104,9 +104,10 @@ class Datapath(wiring.Component):
         c = config
         aw, dw = c.axi_addr_width, c.axi_data_width
         cc = c.compute
-        self.moe = SharedMoELayer(c.moe)
+        # One softmax unit for the attention rows and the router's: the MoE engine's.
+        self.moe = SharedMoELayer(c.moe, softmax=c.softmax)
         self.layernorm = LayerNorm(c.layernorm)
-        self.softmax = Softmax(c.softmax)
+        self.softmax = self.moe.softmax
         self.params = ParamStream(compute=cc, ln_config=c.layernorm,
                                   n_ports=len(c.param_ports), addr_width=aw, data_width=dw,
                                   max_burst_beats=c.max_burst_beats,
@@ -189,7 +190,7 @@ class Datapath(wiring.Component):
         lsb = _log2(dw // 8)
         m.submodules.moe = moe = self.moe
         m.submodules.layernorm = ln = self.layernorm
-        m.submodules.softmax = sm = self.softmax
+        sm_i, sm_o = self.moe.sm_i, self.moe.sm_o      # the MoE engine's softmax unit
         m.submodules.params = ps = self.params
         m.submodules.load = ld = self.load
         m.submodules.store = st = self.store
@@ -256,16 +257,16 @@ class Datapath(wiring.Component):
         ]
         rows_f = ins.args.rows
         m.d.comb += [
-            sm.i.valid.eq(sme.ui.valid), sme.ui.ready.eq(sm.i.ready),
-            sm.i.payload.data.eq(sme.ui.payload.data),
-            sm.i.payload.count.eq(sme.ui.payload.count),
-            sm.i.payload.last.eq(sme.ui.payload.last),
-            sm.i.payload.scale.eq(rows_f.scale),
-            sm.i.payload.fmt.eq(rows_f.fmt),
-            sme.uo.valid.eq(sm.o.valid), sm.o.ready.eq(sme.uo.ready),
-            sme.uo.payload.data.eq(sm.o.payload.data),
-            sme.uo.payload.count.eq(sm.o.payload.count),
-            sme.uo.payload.last.eq(sm.o.payload.last),
+            sm_i.valid.eq(sme.ui.valid), sme.ui.ready.eq(sm_i.ready),
+            sm_i.payload.data.eq(sme.ui.payload.data),
+            sm_i.payload.count.eq(sme.ui.payload.count),
+            sm_i.payload.last.eq(sme.ui.payload.last),
+            sm_i.payload.scale.eq(rows_f.scale),
+            sm_i.payload.fmt.eq(rows_f.fmt),
+            sme.uo.valid.eq(sm_o.valid), sm_o.ready.eq(sme.uo.ready),
+            sme.uo.payload.data.eq(sm_o.payload.data),
+            sme.uo.payload.count.eq(sm_o.payload.count),
+            sme.uo.payload.last.eq(sm_o.payload.last),
         ]
         for eng in (lne, sme):
             m.d.comb += [

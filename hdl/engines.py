@@ -26,6 +26,7 @@ from . import isa
 from .axi_master import AXI4ReadMaster, AXI4WriteMaster
 from .moe.layer import MoELayer
 from .nonlin.layernorm import layernorm_param_layout
+from .nonlin.softmax import softmax_input_layout, softmax_output_layout
 from .stream_util import Queue
 from .systolic.unit import command_layout, status_layout
 from .width import Packer, Unpacker
@@ -65,10 +66,17 @@ class SharedMoELayer(MoELayer):
         The unit's command status.
     cu_busy : Signal
         The unit is running a command, has a status waiting, or a command is registered here.
+    sm_i, sm_o : streams of ``softmax_input_layout`` / ``softmax_output_layout``
+        The softmax unit's input and output (:attr:`softmax`, built from ``softmax``, the
+        accelerator's attention softmax configuration): the router's rows and the attention
+        rows go through one unit.
     """
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, *, softmax=None):
+        super().__init__(config, softmax=softmax)
+        sc = self.softmax.config
+        self.sm_i = stream.Signature(softmax_input_layout(sc)).flip().create(path=("sm_i",))
+        self.sm_o = stream.Signature(softmax_output_layout(sc)).create(path=("sm_o",))
         cc = self.compute_unit.config
         a, nx = cc.array, cc.numerics
         # Sinks seen from here (flipped), so that a source connects to them with `connect`.
@@ -108,6 +116,21 @@ class SharedMoELayer(MoELayer):
             self.cu_done.payload.eq(cu.done.payload),
             self.cu_busy.eq(cu.busy | pend),
             self.cu_running.eq(cu.busy & ~cu.cmd.ready & ~cu.done.valid),
+        ]
+        # The softmax unit: the sequencer's while the engine is idle (the engine has drained it:
+        # its last router row left the unit before the routing ended).
+        sm, topk = self.softmax, self.topk
+        with m.If(idle):
+            m.d.comb += [
+                sm.i.valid.eq(self.sm_i.valid),
+                sm.i.payload.eq(self.sm_i.payload),
+                sm.o.ready.eq(self.sm_o.ready),
+                topk.i.valid.eq(0),
+            ]
+        m.d.comb += [
+            self.sm_i.ready.eq(idle & sm.i.ready),
+            self.sm_o.valid.eq(idle & sm.o.valid),
+            self.sm_o.payload.eq(sm.o.payload),
         ]
         return m
 

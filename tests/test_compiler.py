@@ -283,6 +283,9 @@ def test_config_validation():
         SMALL.replace(ln_lanes=6)
     with pytest.raises(ValueError, match="axi_data_width"):
         SMALL.replace(axi_data_width=96)
+    with pytest.raises(ValueError, match=r"softmax_max_len \(3\) must be at least the model's 4 "
+                                         r"experts: one softmax unit serves"):
+        SMALL.replace(softmax_max_len=3)
     with pytest.raises(ValueError, match="GELU"):
         SMALL.replace(compute=c.__class__(c.array, max_m=8, max_k=768, max_n=128,
                                           abuf_depth=256, gelu=False))

@@ -14,7 +14,7 @@ from sim.axi_check import AXI4Checker
 from sim.bench.moe import (BASE, compute_config, measure, moe_block_reference, simulate_layer,
                            synthetic_case)
 from sim.ddr import DDRModel
-from sim.harness import run_sim
+from sim.harness import run_sim, unelaborated
 
 MICRO = get_config("micro")
 ARRAY = 4          # a 4 × 4 PE array keeps the pure-Python simulations short
@@ -200,3 +200,25 @@ def test_config_validation():
         MoELayerConfig(**{**base, "ports": 8})
     with pytest.raises(ValueError, match="ports must be a power of two"):
         MoELayerConfig(**{**base, "ports": 3})
+
+
+def test_shared_softmax_config_errors():
+    """A softmax unit given to the engine must suit the router's rows."""
+    import dataclasses
+    from golden.numerics import DEFAULT_NUMERICS as NX
+    from hdl.nonlin.config import SoftmaxConfig
+    cfg = get_config("micro")
+    lc = MoELayerConfig.for_model(cfg, compute_config(cfg, ARRAY, ARRAY))
+    with pytest.raises(TypeError, match="softmax must be a SoftmaxConfig"):
+        MoELayer(lc, softmax=4)
+    with pytest.raises(ValueError, match=r"rows \(max_len 3\) must hold the 4 router logits"):
+        MoELayer(lc, softmax=SoftmaxConfig(NX, max_len=3))
+    with pytest.raises(ValueError, match="must take the logit format"):
+        MoELayer(lc, softmax=SoftmaxConfig(NX, max_len=64, in_formats=(NX.score,)))
+    other = dataclasses.replace(NX, softmax_lanes=4)
+    with pytest.raises(ValueError, match="numerics must be the compute unit's"):
+        MoELayer(lc, softmax=SoftmaxConfig(other, max_len=64))
+    # The accelerator's configuration (scores and logits) is accepted; the logits are format 1.
+    shared = MoELayer(lc, softmax=SoftmaxConfig(NX, max_len=64))
+    unelaborated(shared)
+    assert shared.softmax.config.max_len == 64 and shared._logit_fmt == 1

@@ -219,7 +219,7 @@ def test_softmax_error_figures():
 def test_softmax_config_errors():
     with pytest.raises(ValueError, match=r"lanes must be a positive integer, not 0"):
         SoftmaxConfig(NX, 0)
-    with pytest.raises(ValueError, match=r"lanes \(4\) must equal numerics.softmax_lanes \(8\)"):
+    with pytest.raises(ValueError, match=r"lanes \(4\) must equal numerics.softmax_lanes \(16\)"):
         SoftmaxConfig(NX, 4)
     with pytest.raises(ValueError, match=r"max_len must be a positive integer, not 0"):
         SoftmaxConfig(NX, None, 0)
@@ -237,8 +237,8 @@ def test_softmax_config_errors():
         SoftmaxConfig(NX, None, 64, NX.score)
     with pytest.raises(ValueError, match=r"scale_bits \(27\) must be at most 26"):
         SoftmaxConfig(NX, None, 64, scale_bits=27)
-    with pytest.raises(ValueError, match=r"buffer_words \(4\) must hold a whole row"):
-        SoftmaxConfig(NX, None, 64, buffer_words=4)
+    with pytest.raises(ValueError, match=r"buffer_words \(2\) must hold a whole row"):
+        SoftmaxConfig(NX, None, 3 * NX.softmax_lanes, buffer_words=2)
     with pytest.raises(ValueError, match=r"max_rows must be a positive integer, not 0"):
         SoftmaxConfig(NX, None, 64, max_rows=0)
     with pytest.raises(TypeError, match=r"numerics must be a golden.numerics.Numerics"):
@@ -258,7 +258,11 @@ def test_softmax_config_errors():
         row_beats(cfg, [0] * 4, 0, 1 << bits)
     with pytest.raises(ValueError, match=r"format index 2 is outside 0..1"):
         row_beats(cfg, [0] * 4, 2, 11819)
-    assert cfg.lanes == NX.softmax_lanes and cfg.buffer_words == 128
+    # Default buffer: the power of two at or above two rows plus the slack.
+    from hdl.nonlin.config import ROW_SLACK_WORDS
+    groups = -(-129 // NX.softmax_lanes)
+    assert cfg.lanes == NX.softmax_lanes
+    assert cfg.buffer_words == 1 << (2 * groups + ROW_SLACK_WORDS - 1).bit_length()
     assert MANTISSA_FRAC == qref.MANTISSA_FRAC
 
 

@@ -429,6 +429,11 @@ class MoELayer(wiring.Component):
     Parameters
     ----------
     config : MoELayerConfig
+    softmax : SoftmaxConfig or None
+        The router's softmax unit. Default: one for the router alone (rows of E router
+        logits). A larger unit (longer rows, more input formats, as the accelerator's attention
+        softmax) can be given so that one unit serves both (:class:`hdl.engines.SharedMoELayer`);
+        it must have the engine's numerics, rows of at least E elements and the logit format.
 
     Members
     -------
@@ -467,16 +472,31 @@ class MoELayer(wiring.Component):
         The DMA's AXI4 read ports.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, softmax=None):
         if not isinstance(config, MoELayerConfig):
             raise TypeError(f"config must be a MoELayerConfig, not {config!r}")
         self._config = config
         cfg = config
         c = cfg.compute
         nx = cfg.numerics
+        if softmax is None:
+            softmax = SoftmaxConfig(nx, max_len=cfg.num_experts, in_formats=(nx.logit,))
+        if not isinstance(softmax, SoftmaxConfig):
+            raise TypeError(f"softmax must be a SoftmaxConfig, not {softmax!r}")
+        if softmax.numerics != nx:
+            raise ValueError("the softmax unit's numerics must be the compute unit's")
+        if softmax.max_len < cfg.num_experts:
+            raise ValueError(f"the softmax unit's rows (max_len {softmax.max_len}) must hold the "
+                             f"{cfg.num_experts} router logits of a token")
+        if nx.logit not in softmax.in_formats:
+            raise ValueError(f"the softmax unit must take the logit format {nx.logit}")
+        if round(1.0 / math.log(2.0) * (1 << nx.softmax_scale_frac)) >= 1 << softmax.scale_bits:
+            raise ValueError(f"the softmax unit's scale_bits ({softmax.scale_bits}) cannot hold "
+                             f"the router's scale 1/ln 2")
+        #: The router rows' input format index of the softmax unit.
+        self._logit_fmt = softmax.in_formats.index(nx.logit)
         self._cu = ComputeUnit(c)
-        self._softmax = Softmax(SoftmaxConfig(nx, max_len=cfg.num_experts,
-                                              in_formats=(nx.logit,)))
+        self._softmax = Softmax(softmax)
         self._topk = TopK(num_experts=cfg.num_experts, k=cfg.k, lanes=nx.softmax_lanes,
                           score_width=nx.prob.width)
         self._reorder = Reorder(num_experts=cfg.num_experts, k=cfg.k, tokens=cfg.tokens,
@@ -533,6 +553,11 @@ class MoELayer(wiring.Component):
     def softmax(self):
         """The router's :class:`~hdl.nonlin.softmax.Softmax` (a submodule)."""
         return self._softmax
+
+    @property
+    def topk(self):
+        """The router's :class:`~hdl.moe.topk.TopK` (a submodule, fed by :attr:`softmax`)."""
+        return self._topk
 
     @property
     def buses(self):
@@ -724,7 +749,7 @@ class MoELayer(wiring.Component):
         scale_c = int(round(1.0 / math.log(2.0) * (1 << nx.softmax_scale_frac)))
         beats_per_row = -(-E // B)
         sp = sm.i.payload
-        m.d.comb += [sp.scale.eq(scale_c), sp.fmt.eq(0)]
+        m.d.comb += [sp.scale.eq(scale_c), sp.fmt.eq(self._logit_fmt)]
         beat = Signal(range(beats_per_row + 1))
         tail = E - (beats_per_row - 1) * B
         last_beat = beat == beats_per_row - 1
