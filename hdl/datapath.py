@@ -107,7 +107,6 @@ class Datapath(wiring.Component):
         # One softmax unit for the attention rows and the router's: the MoE engine's.
         self.moe = SharedMoELayer(c.moe, softmax=c.softmax)
         self.layernorm = LayerNorm(c.layernorm)
-        self.softmax = self.moe.softmax
         self.params = ParamStream(compute=cc, ln_config=c.layernorm,
                                   n_ports=len(c.param_ports), addr_width=aw, data_width=dw,
                                   max_burst_beats=c.max_burst_beats,

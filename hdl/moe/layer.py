@@ -490,7 +490,10 @@ class MoELayer(wiring.Component):
                              f"{cfg.num_experts} router logits of a token")
         if nx.logit not in softmax.in_formats:
             raise ValueError(f"the softmax unit must take the logit format {nx.logit}")
-        if round(1.0 / math.log(2.0) * (1 << nx.softmax_scale_frac)) >= 1 << softmax.scale_bits:
+        #: The router rows' softmax scale constant: 1/ln 2, so that the base-2 logits are the
+        #: natural ones (scale 1).
+        self._router_scale = int(round(1.0 / math.log(2.0) * (1 << nx.softmax_scale_frac)))
+        if self._router_scale >= 1 << softmax.scale_bits:
             raise ValueError(f"the softmax unit's scale_bits ({softmax.scale_bits}) cannot hold "
                              f"the router's scale 1/ln 2")
         #: The router rows' input format index of the softmax unit.
@@ -746,10 +749,9 @@ class MoELayer(wiring.Component):
             lq.i.payload.data.eq(r_data),
             lq.i.payload.last.eq(rd_last_q),
         ]
-        scale_c = int(round(1.0 / math.log(2.0) * (1 << nx.softmax_scale_frac)))
         beats_per_row = -(-E // B)
         sp = sm.i.payload
-        m.d.comb += [sp.scale.eq(scale_c), sp.fmt.eq(self._logit_fmt)]
+        m.d.comb += [sp.scale.eq(self._router_scale), sp.fmt.eq(self._logit_fmt)]
         beat = Signal(range(beats_per_row + 1))
         tail = E - (beats_per_row - 1) * B
         last_beat = beat == beats_per_row - 1
