@@ -271,7 +271,7 @@ ACCEL_PRESETS = {
     "zcu104": AccelConfig(
         ComputeConfig(ArrayConfig(32, 32), max_m=256, max_k=768, max_n=768, abuf_depth=8192,
                       gelu=True),
-        model="m3vit-tiny", ln_lanes=16, axi_ports=4, weight_fifo_words=256),
+        model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=256),
     "small": AccelConfig(
         ComputeConfig(ArrayConfig(16, 4), max_m=8, max_k=768, max_n=128, abuf_depth=256,
                       gelu=True),

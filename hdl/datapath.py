@@ -232,8 +232,8 @@ class Datapath(wiring.Component):
         with m.Switch(ext_sel):
             for k, req in reqs.items():
                 with m.Case(k):
-                    m.d.comb += [moe.ext.addr.eq(req.addr), moe.ext.w_en.eq(req.w_en),
-                                 moe.ext.w_data.eq(req.w_data)]
+                    m.d.comb += [moe.ext.r_addr.eq(req.r_addr), moe.ext.w_addr.eq(req.w_addr),
+                                 moe.ext.w_en.eq(req.w_en), moe.ext.w_data.eq(req.w_data)]
         rdata = moe.ext.r_data.as_value()
         m.d.comb += [st.ext_rdata.eq(rdata), lne.ext_rdata.eq(rdata), sme.ext_rdata.eq(rdata)]
 

@@ -40,9 +40,11 @@ def _log2(v):
 
 
 def ext_request_layout(addr_bits, word_bits):
-    """What an engine drives on the activation buffer's external port: ``addr``, ``w_en``,
-    ``w_data`` (the read data comes back one cycle after ``addr``)."""
-    return data.StructLayout({"addr": unsigned(addr_bits), "w_en": 1, "w_data": word_bits})
+    """What an engine drives on the activation buffer's external port: ``r_addr`` (the read
+    data comes back one cycle later), ``w_addr``, ``w_en``, ``w_data``: a read and a write in the
+    same cycle."""
+    return data.StructLayout({"r_addr": unsigned(addr_bits), "w_addr": unsigned(addr_bits),
+                              "w_en": 1, "w_data": word_bits})
 
 
 class SharedMoELayer(MoELayer):
@@ -367,9 +369,10 @@ class RowEngine(wiring.Component):
     at ``out_base + r·out_stride``. The input side reads words (one per cycle at most, with a
     small queue and credits), cuts or gathers them into beats of the unit's ``lanes`` with
     ``count`` and ``last``; the output side packs the unit's beats into words and writes them,
-    only the ``ceil(n/L)`` words of each row (a partial last word has zeros past ``n``). The
-    one external port is shared: a pending write goes first, otherwise a read is issued.
-    Output rows may overwrite input rows in place (a row is written only after it was read).
+    only the ``ceil(n/L)`` words of each row (a partial last word has zeros past ``n``). A read
+    and a write go to the external port in the same cycle, so a row costs ``max(words, beats)``
+    cycles. Output rows may overwrite input rows in place (a row is written only after it was
+    read).
 
     Members
     -------
@@ -378,7 +381,7 @@ class RowEngine(wiring.Component):
     rows, n, in_base, in_stride, out_base, out_stride : In
     busy : Out(1)
     ext : Out(ext_request_layout)
-        The port request; ``ext_rdata`` is the word at the previous cycle's ``ext.addr``.
+        The port request; ``ext_rdata`` is the word at the previous cycle's ``ext.r_addr``.
     ext_rdata : In(L·16)
     ui : Out(stream.Signature(row_beat_layout(in_width, lanes)))
     uo : In(stream.Signature(row_beat_layout(out_width, lanes)))
@@ -439,8 +442,7 @@ class RowEngine(wiring.Component):
         issued_last = Signal()
         write_req = Signal()
         read = Signal()
-        m.d.comb += read.eq(~r_done & ~write_req & ~self.start
-                            & (wq.level + issued < self.WORD_QUEUE))
+        m.d.comb += read.eq(~r_done & ~self.start & (wq.level + issued < self.WORD_QUEUE))
         m.d.sync += [issued.eq(read), issued_last.eq(read & (r_word == n_words - 1))]
         m.d.comb += [wq.i.valid.eq(issued), wq.i.payload.data.eq(self.ext_rdata),
                      wq.i.payload.row_last.eq(issued_last)]
@@ -579,7 +581,8 @@ class RowEngine(wiring.Component):
         m.d.comb += [
             write_req.eq(oq.o.valid),
             oq.o.ready.eq(1),
-            self.ext.addr.eq(Mux(write_req, oq.o.payload.addr, r_addr + r_word)),
+            self.ext.r_addr.eq(r_addr + r_word),
+            self.ext.w_addr.eq(oq.o.payload.addr),
             self.ext.w_en.eq(write_req),
             self.ext.w_data.eq(oq.o.payload.data),
         ]
@@ -660,7 +663,7 @@ class LoadEngine(wiring.Component):
             m.d.sync += [cmd_pending.eq(self.words != 0), waddr.eq(self.abuf_addr)]
         m.d.comb += [
             up.o.ready.eq(1),
-            self.ext.addr.eq(waddr),
+            self.ext.w_addr.eq(waddr),
             self.ext.w_en.eq(up.o.valid),
             self.ext.w_data.eq(up.o.payload),
             self.busy.eq(up.busy | cmd_pending),
@@ -742,7 +745,7 @@ class StoreEngine(wiring.Component):
         m.d.comb += read.eq((left != 0) & (q.level + issued < self.QUEUE) & ~self.start)
         m.d.sync += issued.eq(read)
         m.d.comb += [q.i.valid.eq(issued), q.i.payload.eq(self.ext_rdata),
-                     self.ext.addr.eq(raddr), self.ext.w_en.eq(0)]
+                     self.ext.r_addr.eq(raddr), self.ext.w_en.eq(0)]
         with m.If(read):
             m.d.sync += [raddr.eq(raddr + 1), left.eq(left - 1)]
         connect(m, q.o, pk.i)

@@ -10,8 +10,9 @@ instructions' cycles; each instruction is modelled from the formulas of the bloc
     weights keep up, the parameter stream's rate (one bus word per cycle at most, and the DDR's
     share of the parameter ports) when they do not.
 ``LAYERNORM``, ``SOFTMAX``
-    ``rows · max(2·words, beats)``: the activation buffer's one external port moves one word per
-    cycle, in or out; the unit takes one beat of ``lanes`` per cycle; plus the unit's latency.
+    ``rows · max(words, beats)``: the activation buffer's external port reads one word and
+    writes one word per cycle; the unit takes one beat of ``lanes`` per cycle; plus the unit's
+    latency.
 ``LOAD``, ``STORE``
     DDR latency plus the transfer at one bus word per cycle.
 ``MOE``
@@ -77,7 +78,7 @@ def expert_counts(qm, image_q, task):
 
 
 def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
-                   port_bytes_per_cycle=None):
+                   port_bytes_per_cycle=None, stream_bytes_per_cycle=None):
     """Estimate a compiled frame (:class:`hdl.compiler.CompiledModel`).
 
     Parameters
@@ -91,6 +92,9 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
         Aggregate DDR bandwidth (default: one bus word per cycle per port).
     port_bytes_per_cycle : float or None
         Bandwidth of one port (default: ``min(bus word, aggregate / ports)``).
+    stream_bytes_per_cycle : float or None
+        Bandwidth of the parameter stream (default: the hardware's, ``min(bus word, port ·
+        parameter ports)``: the striped ports merge into one bus word per cycle). A what-if.
 
     Returns
     -------
@@ -105,7 +109,7 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
     L = c.lanes
     agg = ddr_bytes_per_cycle or beat * c.axi_ports
     port = port_bytes_per_cycle or min(beat, agg / c.axi_ports)
-    stream_bw = min(beat, port * len(c.param_ports))
+    stream_bw = stream_bytes_per_cycle or min(beat, port * len(c.param_ports))
     moe_bw = min(agg, port * c.moe_ports)
     cu = ComputeUnit(c.compute)
     est = FrameEstimate()
@@ -155,12 +159,12 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
         elif op == Opcode.LAYERNORM:
             words = -(-f["n"] // L)
             beats = -(-f["n"] // ln.lanes)
-            cyc = f["rows"] * max(2 * words, beats) + ln_lat + beats
+            cyc = f["rows"] * max(words, beats) + ln_lat + beats
             add(op.name, cyc, f["rows"] * beats, 0)
         elif op == Opcode.SOFTMAX:
             words = -(-f["n"] // L)
             beats = -(-f["n"] // sm.lanes)
-            cyc = f["rows"] * max(2 * words, beats) + sm_lat
+            cyc = f["rows"] * max(words, beats) + sm_lat
             add(op.name, cyc, f["rows"] * beats, 0)
         elif op == Opcode.MOE:
             mc = c.moe

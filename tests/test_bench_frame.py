@@ -46,8 +46,28 @@ def test_breakdown_and_plot_on_verilator(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_what_ifs(capsys):
+    """``--array`` rebuilds the configuration around another array; ``--stream-bytes`` only
+    ever speeds the analytic model up."""
+    runs = {}
+    for name, extra in (("base", []), ("array", ["--array", "16x8"]),
+                        ("stream", ["--stream-bytes", "64"])):
+        code, out, err = _run(["--config", "micro", "--model-only", "--json", *extra], capsys)
+        assert code == 0, err
+        runs[name] = json.loads(out)
+    assert runs["base"]["array"] == "16x4" and runs["array"]["array"] == "16x8"
+    assert runs["array"]["bit_exact"] and runs["array"]["cycles"] != runs["base"]["cycles"]
+    assert runs["array"]["pe_utilization"] == round(
+        runs["array"]["macs"] / (runs["array"]["cycles"] * 128), 4)
+    assert runs["stream"]["cycles"] <= runs["base"]["cycles"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model-only", "--plot", "x.png"], "need a simulation"),
+    (["--stream-bytes", "64"], "needs --model-only"),
+    (["--model-only", "--stream-bytes", "0"], "positive number"),
+    (["--model-only", "--array", "16"], "ROWSxCOLS"),
+    (["--model-only", "--array", "12x4"], "power of two"),
     (["--sample-every", "0"], "--sample-every must be a positive"),
     (["--task", "7"], "task"),
 ])

@@ -334,24 +334,38 @@ def test_hardware_refuses_bad_commands(sim_args):
 
 
 def test_external_port_and_busy(sim_args):
-    """The top reaches the activation buffer through ``ext`` while the unit is idle."""
+    """The top reaches the activation buffer through ``ext`` while the unit is idle: a read and
+    a write in every cycle, at their own addresses; a read of the word written in the same cycle
+    returns the old word."""
     unit = _unit(2, 2, gelu=False)
     L = unit.config.array.buffer_lanes
+    assert L == 2
     got = {}
 
     async def tb(ctx):
         assert not ctx.get(unit.busy)
-        ctx.set(unit.ext.addr, 17)
-        ctx.set(unit.ext.w_data, [-5, 7][:L])
+        ctx.set(unit.ext.w_addr, 17)
+        ctx.set(unit.ext.w_data, [-5, 7])
         ctx.set(unit.ext.w_en, 1)
         await ctx.tick()
+        ctx.set(unit.ext.w_addr, 18)
+        ctx.set(unit.ext.w_data, [3, -4])
+        ctx.set(unit.ext.r_addr, 17)
+        await ctx.tick()
+        got["r17"] = [int(v) for v in ctx.get(unit.ext.r_data)]
+        ctx.set(unit.ext.w_data, [9, -9])
+        ctx.set(unit.ext.r_addr, 18)
+        await ctx.tick()
+        got["r18_old"] = [int(v) for v in ctx.get(unit.ext.r_data)]
         ctx.set(unit.ext.w_en, 0)
         await ctx.tick()
-        got["r"] = [int(v) for v in ctx.get(unit.ext.r_data)]
-        got["mem"] = [int(v) for v in ctx.get(unit.abuf_word(17))]
+        got["r18_new"] = [int(v) for v in ctx.get(unit.ext.r_data)]
+        got["mem"] = [[int(v) for v in ctx.get(unit.abuf_word(a))] for a in (17, 18)]
 
     run_sim(unit, [tb], **sim_args)
-    assert got["r"] == got["mem"] == [-5, 7]
+    assert got["r17"] == got["mem"][0] == [-5, 7]
+    assert got["r18_old"] == [3, -4]
+    assert got["r18_new"] == got["mem"][1] == [9, -9]
 
 
 # -- the bench sub-command -------------------------------------------------------------------------

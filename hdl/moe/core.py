@@ -188,7 +188,7 @@ class MoECore(wiring.Component):
         index = Signal(range(NW + 1))
         part = Signal(range(BPW + 1))
         word = Signal(BPW * dw)
-        base = Signal.like(layer.ext.addr)
+        base = Signal.like(layer.ext.w_addr)
         m.d.comb += [
             self.status.busy.eq(busy),
             self.status.done.eq(done),
@@ -250,7 +250,7 @@ class MoECore(wiring.Component):
                         m.d.sync += part.eq(0)
                         m.next = "LOAD_WRITE"
             with m.State("LOAD_WRITE"):
-                m.d.comb += [layer.ext.addr.eq(base + index), layer.ext.w_en.eq(1),
+                m.d.comb += [layer.ext.w_addr.eq(base + index), layer.ext.w_en.eq(1),
                              layer.ext.w_data.eq(word)]
                 m.d.sync += index.eq(index + 1)
                 m.next = "LOAD"
@@ -263,7 +263,7 @@ class MoECore(wiring.Component):
                 with m.If(wr.cmd.ready):
                     m.next = "STORE_READ"
             with m.State("STORE_READ"):
-                m.d.comb += layer.ext.addr.eq(base + index)
+                m.d.comb += layer.ext.r_addr.eq(base + index)
                 m.next = "STORE_LATCH"
             with m.State("STORE_LATCH"):
                 m.d.sync += [word.eq(layer.ext.r_data), part.eq(0)]

@@ -573,12 +573,15 @@ class MoELayer(wiring.Component):
         return self._cu.cycles(m, k, n, **kw)
 
     def gather_cycles(self, n_tok):
-        """Cycles to gather ``n_tok`` rows of ``u`` (two per word, two per row for the token)."""
-        return n_tok * (2 + 2 * self._config.row_words)
+        """Cycles to gather ``n_tok`` rows of ``u``: a word per cycle (read, and the word read
+        the cycle before written), two per row for the token."""
+        return n_tok * (2 + self._config.row_words)
 
     def combine_cycles(self, n_tok):
-        """Cycles to add ``n_tok`` expert output rows into ``x`` (three per word)."""
-        return n_tok * (2 + 3 * self._config.row_words)
+        """Cycles to add ``n_tok`` expert output rows into ``x``: two reads per word (the
+        expert's row, then ``x``; each sum is written in the next cycle), two per row for the
+        token."""
+        return n_tok * (2 + 2 * self._config.row_words)
 
     def compute_bound_cycles(self, counts):
         """Cycles the compute unit needs for a layer whose used experts get ``counts`` tokens:
@@ -706,16 +709,17 @@ class MoELayer(wiring.Component):
             stmts += [cmd.m.eq(m_rows), cmd.x_base.eq(x_addr), cmd.y_base.eq(y_addr)]
             return stmts
 
-        ext_addr = Signal.like(cu.ext.addr)
+        ext_raddr = Signal.like(cu.ext.r_addr)
+        ext_waddr = Signal.like(cu.ext.w_addr)
         ext_wen = Signal()
         ext_wdata = Signal.like(cu.ext.w_data)
         running = Signal()
         with m.If(running):
-            m.d.comb += [cu.ext.addr.eq(ext_addr), cu.ext.w_en.eq(ext_wen),
-                         cu.ext.w_data.eq(ext_wdata)]
+            m.d.comb += [cu.ext.r_addr.eq(ext_raddr), cu.ext.w_addr.eq(ext_waddr),
+                         cu.ext.w_en.eq(ext_wen), cu.ext.w_data.eq(ext_wdata)]
         with m.Else():
-            m.d.comb += [cu.ext.addr.eq(self.ext.addr), cu.ext.w_en.eq(self.ext.w_en),
-                         cu.ext.w_data.eq(self.ext.w_data)]
+            m.d.comb += [cu.ext.r_addr.eq(self.ext.r_addr), cu.ext.w_addr.eq(self.ext.w_addr),
+                         cu.ext.w_en.eq(self.ext.w_en), cu.ext.w_data.eq(self.ext.w_data)]
         m.d.comb += self.ext.r_data.eq(cu.ext.r_data)
         r_data = cu.ext.r_data
 
@@ -798,9 +802,24 @@ class MoELayer(wiring.Component):
         word = Signal(range(max(Wd, We, 1) + 1))
         tok = Signal(range(N))
         t_data = Signal.like(r_data)
+        # Write-behind: a gather or combine word read in one cycle is written in the next one
+        # (the read data of the port arrives a cycle after its address). Every cycle that does
+        # not schedule one clears it; the engine's other writes never meet it.
+        wb_valid = Signal()
+        wb_combine = Signal()                # 0: copy the read word (gather); 1: x + t_data
+        wb_addr = Signal.like(ext_waddr)
+        m.d.sync += wb_valid.eq(0)
+        act = nx.act
+        wb_sum = Signal.like(r_data)
+        for j in range(L):
+            total = r_data[j] + t_data[j]
+            m.d.comb += wb_sum[j].eq(Mux(total > act.max_int, act.max_int,
+                                         Mux(total < act.min_int, act.min_int, total)))
+        m.d.comb += [ext_waddr.eq(wb_addr), ext_wen.eq(wb_valid),
+                     ext_wdata.eq(Mux(wb_combine, wb_sum, r_data))]
         r_row = Signal(range(N + 1))       # readout: row and word being read
         r_word = Signal(range(We + 1))
-        rd_base = Signal.like(ext_addr)
+        rd_base = Signal.like(ext_raddr)
         err_status = Signal(Status)
 
         # Row addresses: base + row·words (constant multipliers).
@@ -891,7 +910,7 @@ class MoELayer(wiring.Component):
                 # Read the N × We logit words into the softmax, with credits.
                 m.d.comb += [
                     rd_issue.eq(lq.level + rd_issue_q < 3),
-                    ext_addr.eq(rd_base + r_word),
+                    ext_raddr.eq(rd_base + r_word),
                 ]
                 with m.If(rd_issue):
                     m.d.sync += [r_word.eq(r_word + 1), rd_last_q.eq(r_word == We - 1)]
@@ -919,17 +938,12 @@ class MoELayer(wiring.Component):
                 m.next = "G_RD"
 
             with m.State("G_RD"):
-                m.d.comb += ext_addr.eq(row_addr(ubase, tok, Wd) + word)
-                m.next = "G_WR"
-
-            with m.State("G_WR"):
-                m.d.comb += [
-                    ext_addr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word),
-                    ext_wen.eq(1),
-                    ext_wdata.eq(r_data),
-                ]
+                # One word per cycle: read word ``word`` of u's row; the write-behind stores it
+                # in the next cycle (whatever the state then).
+                m.d.comb += ext_raddr.eq(row_addr(ubase, tok, Wd) + word)
+                m.d.sync += [wb_valid.eq(1), wb_combine.eq(0),
+                             wb_addr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word)]
                 m.d.sync += word.eq(word + 1)
-                m.next = "G_RD"
                 with m.If(word == Wd - 1):
                     m.d.sync += [word.eq(0), row.eq(row + 1)]
                     m.next = "G_TOK"
@@ -970,22 +984,15 @@ class MoELayer(wiring.Component):
                 m.next = "C_RD_T"
 
             with m.State("C_RD_T"):
-                m.d.comb += ext_addr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word)
+                # Two reads per word: the expert's output row, then x; the write-behind stores
+                # the saturated sum in the cycle after the x read.
+                m.d.comb += ext_raddr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word)
                 m.next = "C_RD_X"
 
             with m.State("C_RD_X"):
-                m.d.comb += ext_addr.eq(row_addr(xbase, tok, Wd) + word)
-                m.d.sync += t_data.eq(r_data)
-                m.next = "C_WR"
-
-            with m.State("C_WR"):
-                m.d.comb += [ext_addr.eq(row_addr(xbase, tok, Wd) + word), ext_wen.eq(1)]
-                act = nx.act
-                for j in range(L):
-                    total = r_data[j] + t_data[j]
-                    m.d.comb += ext_wdata[j].eq(Mux(total > act.max_int, act.max_int,
-                                                    Mux(total < act.min_int, act.min_int,
-                                                        total)))
+                m.d.comb += ext_raddr.eq(row_addr(xbase, tok, Wd) + word)
+                m.d.sync += [t_data.eq(r_data), wb_valid.eq(1), wb_combine.eq(1),
+                             wb_addr.eq(row_addr(xbase, tok, Wd) + word)]
                 m.d.sync += word.eq(word + 1)
                 m.next = "C_RD_T"
                 with m.If(word == Wd - 1):

@@ -151,12 +151,14 @@ def status_layout(config):
 def ext_signature(config):
     """Signature of the activation buffer's external port, from the initiator's side.
 
-    ``addr``; ``w_en`` writes ``w_data`` (a whole word) at ``addr``; ``r_data`` is the word at
-    the ``addr`` of the previous cycle (a synchronous read).
+    A read and a write in every cycle: ``r_data`` is the word at the ``r_addr`` of the previous
+    cycle (a synchronous read); ``w_en`` writes ``w_data`` (a whole word) at ``w_addr``. A read
+    of the word written in the same cycle returns the old word.
     """
     word = data.ArrayLayout(signed(config.array.elem_bits), config.array.buffer_lanes)
     return wiring.Signature({
-        "addr": Out(unsigned(config.addr_bits)),
+        "r_addr": Out(unsigned(config.addr_bits)),
+        "w_addr": Out(unsigned(config.addr_bits)),
         "w_en": Out(1),
         "w_data": Out(word),
         "r_data": In(word),
@@ -1077,12 +1079,12 @@ class ComputeUnit(wiring.Component):
             ]
         with em.Else():
             em.d.comb += [
-                y_wr.addr.eq(self.ext.addr),
+                y_wr.addr.eq(self.ext.w_addr),
                 y_wr.data.eq(self.ext.w_data),
                 y_wr.en.eq(Mux(self.ext.w_en & ~self.busy, (1 << L) - 1, 0)),
             ]
         m.d.comb += [
-            x_rd.addr.eq(Mux(running, x_addr, self.ext.addr)),
+            x_rd.addr.eq(Mux(running, x_addr, self.ext.r_addr)),
             self.ext.r_data.eq(x_rd.data),
         ]
         return m

@@ -16,6 +16,11 @@ cause (the accelerator's counters), ``roofline_cycles`` = max(compute-bound, DDR
 time it took: ``setup_seconds`` (elaboration, Verilog, the Verilator build or its cache),
 ``sim_seconds`` (the frame itself) and ``sim_cycles_per_second``.
 
+What-ifs: ``--array RxC`` replaces the configuration's PE array (powers of two, as the MoE
+engine needs); ``--stream-bytes B`` (with ``--model-only``) lets the analytic model read the
+parameter stream at ``B`` bytes per cycle instead of the hardware's one bus word per cycle (its
+striped ports merge into one word stream).
+
 ``--plot FILE.png`` (or ``--breakdown``) also samples the counters during the frame
 (:mod:`sim.frame_profile`) and reports ``per_block``: each block's cycles by category (dense
 products, attention, nonlinear units, MoE, copies, DMA stall) and its roofline; ``--plot``
@@ -41,6 +46,11 @@ def add_arguments(parser):
     parser.add_argument("--backend", choices=("amaranth", "verilator"), default="amaranth")
     parser.add_argument("--model-only", action="store_true",
                         help="no hardware simulation: functional model and analytic cycles")
+    parser.add_argument("--array", metavar="RxC", default=None,
+                        help="what-if: replace the accelerator's PE array by rows x cols")
+    parser.add_argument("--stream-bytes", type=float, default=None,
+                        help="what-if with --model-only: parameter-stream bandwidth in bytes "
+                             "per cycle (default: the hardware's one bus word per cycle)")
     parser.add_argument("--latency", type=int, default=100, help="DDR latency in cycles")
     parser.add_argument("--jitter", type=int, default=16, help="DDR latency jitter")
     parser.add_argument("--breakdown", action="store_true",
@@ -60,6 +70,20 @@ def _model(cfg, seed):
     return qm, quantize_image(seeded_image(cfg, seed + 1), cfg)
 
 
+def _with_array(accel, spec):
+    """``accel`` with its PE array replaced by ``spec`` = ``"RxC"``."""
+    import dataclasses
+
+    from hdl.systolic.config import ArrayConfig
+    try:
+        rows, cols = (int(v) for v in spec.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--array must be ROWSxCOLS (like 32x32), not {spec!r}") from None
+    old = accel.compute.array
+    array = ArrayConfig(rows, cols, numerics=old.numerics, mesh_regs=old.mesh_regs)
+    return accel.replace(compute=dataclasses.replace(accel.compute, array=array))
+
+
 def run(args):
     from golden.config import get_config
     from golden.twin import twin_forward
@@ -76,6 +100,11 @@ def run(args):
         raise ValueError(f"--sample-every must be a positive number of cycles, not "
                          f"{args.sample_every}")
     accel = get_accel_config(args.accel or ("small" if cfg.name == "micro" else "zcu104"))
+    if args.array is not None:
+        accel = _with_array(accel, args.array)
+    if args.stream_bytes is not None and not (args.model_only and args.stream_bytes > 0):
+        raise ValueError("--stream-bytes is a what-if of the analytic model: it needs "
+                         "--model-only and a positive number of bytes per cycle")
     qm, image = _model(cfg, args.seed)
     cm = compile_model(qm, accel)
     ref = twin_forward(qm, image, args.task)
@@ -83,7 +112,7 @@ def run(args):
     port = min(accel.beat_bytes, agg / accel.axi_ports)
     counts = expert_counts(qm, image, args.task)
     est = estimate_frame(cm, counts=counts, latency=args.latency, ddr_bytes_per_cycle=agg,
-                         port_bytes_per_cycle=port)
+                         port_bytes_per_cycle=port, stream_bytes_per_cycle=args.stream_bytes)
     out = {"config": cfg.name, "accel": args.accel or ("small" if cfg.name == "micro"
                                                         else "zcu104"),
            "task": args.task, "backend": "model" if args.model_only else args.backend,

@@ -246,7 +246,7 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
     async def write_words(ctx, base, words):
         ctx.set(dut.ext.w_en, 1)
         for i, w in enumerate(words):
-            ctx.set(dut.ext.addr, base + i)
+            ctx.set(dut.ext.w_addr, base + i)
             ctx.set(wdata, w)
             await ctx.tick()
         ctx.set(dut.ext.w_en, 0)
@@ -254,7 +254,7 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
     async def read_x(ctx):
         words = []
         for i in range(N * Wd):
-            ctx.set(dut.ext.addr, x_base + i)
+            ctx.set(dut.ext.r_addr, x_base + i)
             await ctx.tick()            # a synchronous read: the word of this address
             words.append(ctx.get(Value.cast(dut.ext.r_data)))
         return np.array([_unpack_row(words[t * Wd:(t + 1) * Wd], D, L, ew) for t in range(N)],
