@@ -142,12 +142,14 @@ def test_softmax_latency_and_throughput(sim_args):
     cycles = obs["cycles"] - obs["first_in"]
     g = length // 4
     assert cycles <= n_rows * g - 1 + dut.latency + g + n_rows
-    # A ramp raises the maximum in every group: one group per acc_loop cycles at worst.
-    obs = {}
-    dut = check_rows(cfg, [(list(range(length)), 0, 1.0)] * 4, p_idle=0.0, p_stall=0.0,
+    # A ramp raises the maximum in every group: one group per acc_loop cycles in each of the
+    # two running-sum contexts at worst. One context alone would need (g − 1)·acc_loop per row.
+    obs, n_rows = {}, 8
+    dut = check_rows(cfg, [(list(range(length)), 0, 1.0)] * n_rows, p_idle=0.0, p_stall=0.0,
                      sim_args=sim_args, observe=obs)
     cycles = obs["cycles"] - obs["first_in"]
-    assert cycles <= 4 * (length // 4) * dut.acc_loop + dut.latency
+    assert cycles <= n_rows * g * dut.acc_loop // 2 + g * dut.acc_loop + dut.latency
+    assert cycles < n_rows * (g - 1) * dut.acc_loop
 
 
 def _run_component(dut, inputs, port_in, ports_out, latency):

@@ -256,25 +256,27 @@ class Softmax(wiring.Component):
                        ┌──────────── circular row buffer (t, buffer_words × lanes) ───────────┐
                        │ write                                                           read │
         i ─► t = round(s·c) ─► group max ─► running max m ─► 2**-(m−t), 2**-(m'−m) ─► Σ ─► group
-             (DSP, 1/lane)                      (loop: 1 cycle)   (Exp2Neg, lanes+1)       queue
-                                                                                              │
+             (DSP, 1/lane)                      (loop: 1 cycle)   (Exp2Neg, lanes+1)     queues
+                                                                                   (even, odd rows)
         o ◄─ out queue ◄─ p = sat(round(e·y1 >> …)) ◄─ 2**-(m−t) ◄─ pass 2 ◄─ row stats ◄─ 1/acc
                               (2 DSP/lane)             (Exp2Neg)    control   queue    (Reciprocal)
                                                                                           ▲
-                                              running sum: acc = round(acc·E) + S ────────┘
+                             two running sums: acc = round(acc·E) + S, totals in row order┘
 
     * **Pass 1** (one beat per cycle): ``t = round_shift(s·c, fmt.f + scale_frac − logit_frac)``
       for the beat's format; the masked group maximum; the running maximum
       ``m' = max(m, group max)`` (a one-cycle compare loop); the group's exponentials
       ``2**-(m'−t)`` and the rescale factor ``E = 2**-(m'−m)``; their exact sum ``S``. ``t`` is
       written to the row buffer.
-    * **Running sum**: ``acc = round_shift(acc·E, exp_frac) + S`` once per group, as the twin.
-      When the maximum did not rise, ``E`` is exactly one and the step is an addition (one group
-      per cycle). When it rose, the product (29 × 19 bits, two DSP48E2, pipelined) takes
+    * **Running sum**: ``acc = round_shift(acc·E, exp_frac) + S`` once per group, as the twin,
+      in two contexts that take the rows in turn (even rows, odd rows; each with its own group
+      queue and multiplier), so one row's rescale products overlap the next row's groups. When
+      the maximum did not rise, ``E`` is exactly one and the step is an addition (one group per
+      cycle). When it rose, the product (29 × 19 bits, two DSP48E2, pipelined) takes
       ``acc_loop`` cycles; groups that follow and keep the maximum are summed aside meanwhile
       (the row's last group too), and only a second rise within ``acc_loop`` groups waits. A
       row's last group, when no product is in flight, goes through the multiplier (with ``E = 1``
-      if the maximum held), so rows leave in order with a fixed delay.
+      if the maximum held). The row totals are taken from the contexts in turn, in row order.
     * **Reciprocal** of the final sum (:class:`Reciprocal`), then the row's ``(m, y1, b)`` wait in
       the row-statistics queue.
     * **Pass 2** (one beat per cycle): re-read ``t``, ``e = 2**-(m−t)``, and
@@ -284,8 +286,8 @@ class Softmax(wiring.Component):
     row buffer (``buffer_words``, a circular buffer: the ping-pong generalised to any row length)
     and by ``max_rows`` rows in flight.
 
-    Back pressure: ``i.ready`` is high when the group queue has a credit for the beat, the row
-    buffer has a free word, and (on a row's first beat) fewer than ``max_rows`` rows are in
+    Back pressure: ``i.ready`` is high when the row's group queue has a credit for the beat, the
+    row buffer has a free word, and (on a row's first beat) fewer than ``max_rows`` rows are in
     flight; it depends only on registers. Pass 2 issues a read only with an output-queue credit,
     so the pipelines themselves never stall.
 
@@ -294,18 +296,21 @@ class Softmax(wiring.Component):
     * ``latency``: from the transfer of a row's last beat to its first output beat, when no
       rescale product is in flight (always true for one-group rows and rows whose maximum does
       not rise in their last ``acc_loop`` groups).
-    * A group that raises the maximum delays the next group that raises it again by up to
-      ``acc_loop − 1`` cycles; the group queue (``group_queue_depth``) absorbs it, so the input
-      stalls only when rises come faster than one per ``acc_loop`` groups for long. (A row that
-      ends while a product is in flight leaves when it completes, earlier than ``latency``.)
+    * A group that raises the maximum delays the next group of its row that raises it again by
+      up to ``acc_loop − 1`` cycles; the row's group queue (``group_queue_depth``) absorbs it
+      while the other context takes the next row, so the input stalls only when rises come
+      faster than one per ``acc_loop`` groups for long. (A row that ends while a product is in
+      flight leaves when it completes, earlier than ``latency``.)
     * Throughput: ``lanes`` elements per cycle in steady state (:meth:`row_period`) while the
-      maximum rises seldom; ``lanes/acc_loop`` for rows whose maximum rises in every group (an
-      increasing ramp), the worst case. Random Gaussian rows of 129 lose about 10 %
+      maximum rises in fewer than about half of the groups; ``2·lanes/acc_loop`` for rows whose
+      maximum rises in every group (an increasing ramp), the worst case. Random Gaussian rows
+      and the attention rows of m3vit-tiny run at the steady-state rate
       (``python -m sim.bench softmax``).
 
     DSP48E2 use (27 × 18 signed multiplier): ``s·c`` 16 × 18u, one per lane; ``hi·(1 − lo)``
     19 × 10, one per exponential (2·lanes + 1); ``e·y1`` 19 × 21, two per lane; the rescale
-    product ``acc·E`` 29 × 19, two; the reciprocal's two products 25 × 20 and 20 × 21, two each.
+    product ``acc·E`` 29 × 19, two per context; the reciprocal's two products 25 × 20 and
+    20 × 21, two each.
 
     Parameters
     ----------
@@ -358,8 +363,8 @@ class Softmax(wiring.Component):
 
     @property
     def group_queue_depth(self):
-        """Depth of the queue between pass 1 and the running sum: every beat in the pass-1
-        pipeline holds a credit, plus room to absorb rescale stalls."""
+        """Depth of each of the two queues between pass 1 and the running sums: every beat in
+        the pass-1 pipeline holds a credit, plus room to absorb rescale stalls."""
         return self.front_latency + 2 + 2 * self.ACC_PIPE
 
     @property
@@ -403,6 +408,88 @@ class Softmax(wiring.Component):
         """Steady-state elements per cycle for rows of ``length`` (see :meth:`row_period`)."""
         return length / self.row_period(length)
 
+    def _running_sum(self, m, gq, out, px):
+        """One running-sum context: pops groups from ``gq`` and pushes each row's total and its
+        ``m``, ``groups``, ``count`` into ``out`` (never full) when the row ends.
+
+        acc = round(acc·E) + S per group. ``busy``: a rescale product of the current row is in
+        flight; groups that keep the maximum are summed aside in ``pend`` meanwhile. If the
+        row's last group keeps the maximum too, it is folded into ``pend`` (``fin_pending``)
+        and the row's total leaves when the product completes, while the context's next row's
+        groups that need no product go on into ``acc``.
+        """
+        cfg = self._config
+        ef = cfg.numerics.exp_frac
+        acc_shape = unsigned(cfg.acc_max.bit_length())
+        exp_shape = unsigned(cfg.exp_bits)
+        t_shape = signed(cfg.logit_bits)
+        head = gq.o.payload
+        pop = gq.o.valid & gq.o.ready
+        busy = Signal(name=f"{px}busy")
+        fin_pending = Signal(name=f"{px}fin_pending")
+        acc = Signal(acc_shape, name=f"{px}acc", reset_less=True)
+        pend = Signal(acc_shape, name=f"{px}pending", reset_less=True)
+        fin_tags = {
+            "m": Signal(t_shape, name=f"{px}fin_m", reset_less=True),
+            "groups": Signal.like(head.groups, name=f"{px}fin_groups", reset_less=True),
+            "count": Signal.like(head.count, name=f"{px}fin_count", reset_less=True),
+        }
+        m.d.comb += gq.o.ready.eq(~busy | (head.unity & (~fin_pending | ~head.last)))
+        base = Mux(head.first, 0, acc)
+        launch = Signal(name=f"{px}launch")
+        m.d.comb += launch.eq(pop & ~busy & (head.last | ~head.unity))
+        mul_a = reg(m, base, f"{px}mul_acc_q1", acc_shape)
+        mul_e = reg(m, Mux(head.unity, cfg.exp_one, head.E), f"{px}mul_e_q1", exp_shape)
+        mul_tags = {
+            "final": reg(m, head.last, f"{px}mul_final_q1"),
+            "s": reg(m, head.S, f"{px}mul_s_q1"),
+            "m": reg(m, head.m, f"{px}mul_m_q1"),
+            "groups": reg(m, head.groups, f"{px}mul_groups_q1"),
+            "count": reg(m, head.count, f"{px}mul_count_q1"),
+        }
+        mv = valid_chain(m, launch, self.ACC_PIPE - 1, f"{px}mul_valid")
+        # acc·E: 29 × 19 bits, two DSP48E2, two product registers.
+        prod_q2 = reg(m, mul_a * mul_e, f"{px}mul_prod_q2")
+        prod_q3 = reg(m, prod_q2, f"{px}mul_prod_q3")
+        mul_tags3 = {k: delay(m, v, self.ACC_PIPE - 2, f"{px}mul_{k}")
+                     for k, v in mul_tags.items()}
+        completes = mv[-1]
+        done = completes & ~mul_tags3["final"]          # a mid-row product (busy is high)
+        emit_now = fin_pending | (pop & head.last)      # with ``done``: the row ends here
+        addend = Mux(mul_tags3["final"], mul_tags3["s"],
+                     pend + Mux(pop & ~fin_pending, head.S, 0))
+        # round(acc·E) + the sums of its groups ≤ acc_max: saturate never binds.
+        total = saturate(round_shift(prod_q3, ef) + addend, acc_shape)
+
+        with m.If(pop):
+            with m.If(~busy):
+                with m.If(head.last | ~head.unity):
+                    with m.If(~head.last):
+                        m.d.sync += [busy.eq(1), pend.eq(head.S)]
+                with m.Else():
+                    m.d.sync += acc.eq(saturate(base + head.S, acc_shape))   # ≤ acc_max
+            with m.Elif(~fin_pending):
+                m.d.sync += pend.eq(saturate(pend + head.S, acc_shape))
+                with m.If(head.last):
+                    m.d.sync += fin_pending.eq(1)
+                    m.d.sync += [fin_tags[k].eq(head[k]) for k in fin_tags]
+            with m.Else():
+                m.d.sync += acc.eq(saturate(base + head.S, acc_shape))       # next row
+        with m.If(done):
+            m.d.sync += [busy.eq(0), fin_pending.eq(0)]
+            with m.If(~emit_now):
+                m.d.sync += acc.eq(total)
+
+        # Totals leave in launch order (one product completes per cycle at most).
+        emit = Signal(name=f"{px}emit")
+        m.d.comb += emit.eq(completes & (mul_tags3["final"] | emit_now))
+        from_fin = ~mul_tags3["final"] & fin_pending
+        from_head = ~mul_tags3["final"] & ~fin_pending
+        m.d.comb += [out.valid.eq(emit), out.payload.v.eq(total)]
+        for k in ("m", "groups", "count"):
+            m.d.comb += out.payload[k].eq(Mux(from_fin, fin_tags[k],
+                                              Mux(from_head, head[k], mul_tags3[k])))
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
@@ -430,20 +517,29 @@ class Softmax(wiring.Component):
             return Mux(ptr == words - 1, 0, ptr + 1)
 
         # -- admission: credits for the group queue, free buffer words, rows in flight -------
+        # Rows alternate between two running-sum contexts (``odd``: the row's parity), each with
+        # its own group queue and credits.
         gq_depth = self.group_queue_depth
-        gcredits = Signal(range(gq_depth + 1), init=gq_depth)
+        gcredits = [Signal(range(gq_depth + 1), init=gq_depth, name=f"gcredits{k}")
+                    for k in range(2)]
+        gq_pops = [Signal(name=f"gq_pop{k}") for k in range(2)]
         words_used = Signal(range(words + 1))
         rows_inflight = Signal(range(cfg.max_rows + 1))
         in_row = Signal()
+        odd = Signal(name="row_odd")
         accept = Signal()
         first = ~in_row
         m.d.comb += [
-            self.i.ready.eq((gcredits != 0) & (words_used != words)
+            self.i.ready.eq((Mux(odd, gcredits[1], gcredits[0]) != 0) & (words_used != words)
                             & (in_row | (rows_inflight != cfg.max_rows))),
             accept.eq(self.i.valid & self.i.ready),
         ]
+        for k in range(2):
+            m.d.sync += gcredits[k].eq(gcredits[k] - (accept & (odd == k)) + gq_pops[k])
         with m.If(accept):
             m.d.sync += in_row.eq(~self.i.payload.last)
+            with m.If(self.i.payload.last):
+                m.d.sync += odd.eq(~odd)
         grp = Signal(range(cfg.max_groups + 1))
         gnum = Mux(first, 1, grp + 1)
         with m.If(accept):
@@ -458,6 +554,7 @@ class Softmax(wiring.Component):
             "last": reg(m, p.last, "last_q1"),
             "count": reg(m, p.count, "count_q1"),
             "first": reg(m, first, "first_q1"),
+            "odd": reg(m, odd, "odd_q1"),
             "groups": reg(m, gnum, "groups_q1", unsigned(cfg.max_groups.bit_length())),
         }
         v1 = valid_chain(m, accept, 3, "front_valid")
@@ -542,93 +639,42 @@ class Softmax(wiring.Component):
             "E": exp_shape, "unity": 1, "S": sum_shape, "first": 1, "last": 1, "m": t_shape,
             "groups": unsigned(cfg.max_groups.bit_length()), "count": count_shape,
         })
-        m.submodules.group_queue = gq = Queue(group_layout, gq_depth, buffered=False)
-        m.d.comb += [
-            gq.i.valid.eq(valid_s),
-            gq.i.payload.E.eq(big_e),
-            gq.i.payload.unity.eq(tags_s["unity"]),
-            gq.i.payload.S.eq(s_sum),                 # Σ of lanes values ≤ 2**ef: exact
-            gq.i.payload.first.eq(tags_s["first"]),
-            gq.i.payload.last.eq(tags_s["last"]),
-            gq.i.payload.m.eq(tags_s["m"]),
-            gq.i.payload.groups.eq(tags_s["groups"]),
-            gq.i.payload.count.eq(tags_s["count"]),
-        ]
-        gq_pop = gq.o.valid & gq.o.ready
-        m.d.sync += gcredits.eq(gcredits - accept + gq_pop)
+        total_layout = data.StructLayout({
+            "v": acc_shape, "m": t_shape, "groups": unsigned(cfg.max_groups.bit_length()),
+            "count": count_shape,
+        })
+        totals = []
+        for k in range(2):
+            gq = Queue(group_layout, gq_depth, buffered=False)
+            m.submodules[f"group_queue{k}"] = gq
+            m.d.comb += [
+                gq.i.valid.eq(valid_s & (tags_s["odd"] == k)),
+                gq.i.payload.E.eq(big_e),
+                gq.i.payload.unity.eq(tags_s["unity"]),
+                gq.i.payload.S.eq(s_sum),                 # Σ of lanes values ≤ 2**ef: exact
+                gq.i.payload.first.eq(tags_s["first"]),
+                gq.i.payload.last.eq(tags_s["last"]),
+                gq.i.payload.m.eq(tags_s["m"]),
+                gq.i.payload.groups.eq(tags_s["groups"]),
+                gq.i.payload.count.eq(tags_s["count"]),
+                gq_pops[k].eq(gq.o.valid & gq.o.ready),
+            ]
+            # Never full: a context holds at most the rows in flight.
+            tq = Queue(total_layout, cfg.max_rows, buffered=False)
+            m.submodules[f"total_queue{k}"] = tq
+            self._running_sum(m, gq, tq.i, f"acc{k}_")
+            totals.append(tq.o)
 
-        # -- running sum -------------------------------------------------------------------------
-        # acc = round(acc·E) + S per group. ``busy``: a rescale product of the current row is in
-        # flight; groups that keep the maximum are summed aside in ``pend`` meanwhile. If the
-        # row's last group keeps the maximum too, it is folded into ``pend`` (``fin_pending``)
-        # and the row's total leaves when the product completes, while the next row's groups
-        # that need no product go on into ``acc``.
-        head = gq.o.payload
-        busy = Signal(name="acc_busy")
-        fin_pending = Signal(name="acc_fin_pending")
-        acc = Signal(acc_shape, name="acc", reset_less=True)
-        pend = Signal(acc_shape, name="acc_pending", reset_less=True)
-        fin_tags = {
-            "m": Signal(t_shape, name="fin_m", reset_less=True),
-            "groups": Signal.like(head.groups, name="fin_groups", reset_less=True),
-            "count": Signal.like(head.count, name="fin_count", reset_less=True),
-        }
-        m.d.comb += gq.o.ready.eq(~busy | (head.unity & (~fin_pending | ~head.last)))
-        base = Mux(head.first, 0, acc)
-        launch = Signal(name="acc_launch")
-        m.d.comb += launch.eq(gq_pop & ~busy & (head.last | ~head.unity))
-        mul_a = reg(m, base, "mul_acc_q1", acc_shape)
-        mul_e = reg(m, Mux(head.unity, cfg.exp_one, head.E), "mul_e_q1", exp_shape)
-        mul_tags = {
-            "final": reg(m, head.last, "mul_final_q1"),
-            "s": reg(m, head.S, "mul_s_q1"),
-            "m": reg(m, head.m, "mul_m_q1"),
-            "groups": reg(m, head.groups, "mul_groups_q1"),
-            "count": reg(m, head.count, "mul_count_q1"),
-        }
-        mv = valid_chain(m, launch, self.ACC_PIPE - 1, "mul_valid")
-        # acc·E: 29 × 19 bits, two DSP48E2, two product registers.
-        prod_q2 = reg(m, mul_a * mul_e, "mul_prod_q2")
-        prod_q3 = reg(m, prod_q2, "mul_prod_q3")
-        mul_tags3 = {k: delay(m, v, self.ACC_PIPE - 2, f"mul_{k}") for k, v in mul_tags.items()}
-        completes = mv[-1]
-        done = completes & ~mul_tags3["final"]          # a mid-row product (busy is high)
-        emit_now = fin_pending | (gq_pop & head.last)   # with ``done``: the row ends here
-        addend = Mux(mul_tags3["final"], mul_tags3["s"],
-                     pend + Mux(gq_pop & ~fin_pending, head.S, 0))
-        # round(acc·E) + the sums of its groups ≤ acc_max: saturate never binds.
-        total = saturate(round_shift(prod_q3, ef) + addend, acc_shape)
-
-        with m.If(gq_pop):
-            with m.If(~busy):
-                with m.If(head.last | ~head.unity):
-                    with m.If(~head.last):
-                        m.d.sync += [busy.eq(1), pend.eq(head.S)]
-                with m.Else():
-                    m.d.sync += acc.eq(saturate(base + head.S, acc_shape))   # ≤ acc_max
-            with m.Elif(~fin_pending):
-                m.d.sync += pend.eq(saturate(pend + head.S, acc_shape))
-                with m.If(head.last):
-                    m.d.sync += fin_pending.eq(1)
-                    m.d.sync += [fin_tags[k].eq(head[k]) for k in fin_tags]
-            with m.Else():
-                m.d.sync += acc.eq(saturate(base + head.S, acc_shape))       # next row
-        with m.If(done):
-            m.d.sync += [busy.eq(0), fin_pending.eq(0)]
-            with m.If(~emit_now):
-                m.d.sync += acc.eq(total)
-
-        # The row totals, in launch order (one product completes per cycle at most).
-        emit = Signal(name="acc_emit")
-        m.d.comb += emit.eq(completes & (mul_tags3["final"] | emit_now))
-        val_q4 = reg(m, total, "row_sum_q4", acc_shape)
-        final_valid = valid_chain(m, emit, 1, "row_sum_valid")[0]
-        from_fin = ~mul_tags3["final"] & fin_pending
-        from_head = ~mul_tags3["final"] & ~fin_pending
-        row_tags = {}
-        for k in ("m", "groups", "count"):
-            row_tags[k] = reg(m, Mux(from_fin, fin_tags[k],
-                                     Mux(from_head, head[k], mul_tags3[k])), f"row_{k}_q4")
+        # The row totals, in row order: the contexts take turns.
+        turn = Signal(name="acc_turn")
+        m.d.comb += [totals[0].ready.eq(~turn), totals[1].ready.eq(turn)]
+        final_valid = Mux(turn, totals[1].valid, totals[0].valid)
+        head_total = data.View(total_layout, Mux(turn, totals[1].payload.as_value(),
+                                                 totals[0].payload.as_value()))
+        with m.If(final_valid):
+            m.d.sync += turn.eq(~turn)
+        val_q4 = head_total.v
+        row_tags = {k: head_total[k] for k in ("m", "groups", "count")}
 
         # -- reciprocal of the row's sum -------------------------------------------------------
         m.submodules.reciprocal = recip = Reciprocal(cfg)
