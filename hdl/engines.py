@@ -385,6 +385,9 @@ class RowEngine(wiring.Component):
     ext_rdata : In(L·16)
     ui : Out(stream.Signature(row_beat_layout(in_width, lanes)))
     uo : In(stream.Signature(row_beat_layout(out_width, lanes)))
+        The unit's output beats, as many as went in, with their ``count`` and ``last``; lanes
+        past ``count`` must be zero (they are written as the padding of a partial last word),
+        as the LayerNorm and softmax units guarantee.
     """
 
     WORD_QUEUE = 4
