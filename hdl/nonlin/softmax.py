@@ -495,7 +495,6 @@ class Softmax(wiring.Component):
         cfg = self._config
         nx = cfg.numerics
         lanes = cfg.lanes
-        ef = nx.exp_frac
         words = cfg.buffer_words
         t_shape = signed(cfg.logit_bits)
         t_lo = -(1 << (cfg.logit_bits - 1))
