@@ -47,11 +47,13 @@ def test_breakdown_and_plot_on_verilator(tmp_path, capsys):
 
 
 def test_what_ifs(capsys):
-    """``--array`` rebuilds the configuration around another array; ``--stream-bytes`` only
-    ever speeds the analytic model up."""
+    """``--array`` rebuilds the configuration around another array; ``--stream-bytes`` sets
+    the analytic model's parameter-stream bandwidth (a starved stream slows the frame down, a
+    wider one never does)."""
     runs = {}
     for name, extra in (("base", []), ("array", ["--array", "16x8"]),
-                        ("stream", ["--stream-bytes", "64"])):
+                        ("stream", ["--stream-bytes", "64"]),
+                        ("starved", ["--stream-bytes", "1"])):
         code, out, err = _run(["--config", "micro", "--model-only", "--json", *extra], capsys)
         assert code == 0, err
         runs[name] = json.loads(out)
@@ -59,7 +61,7 @@ def test_what_ifs(capsys):
     assert runs["array"]["bit_exact"] and runs["array"]["cycles"] != runs["base"]["cycles"]
     assert runs["array"]["pe_utilization"] == round(
         runs["array"]["macs"] / (runs["array"]["cycles"] * 128), 4)
-    assert runs["stream"]["cycles"] <= runs["base"]["cycles"]
+    assert runs["stream"]["cycles"] <= runs["base"]["cycles"] < runs["starved"]["cycles"]
 
 
 @pytest.mark.parametrize("argv, message", [
