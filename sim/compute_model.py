@@ -28,8 +28,8 @@ from golden.fixed import QFormat
 
 from .streams import check_stream_rules, put_all
 
-__all__ = ["Product", "ComputeDriver", "weight_words", "bias_words", "write_matrix",
-           "read_matrix", "random_operand", "product_for"]
+__all__ = ["Product", "ComputeDriver", "weight_words", "bias_words", "pack_row", "unpack_row",
+           "write_matrix", "read_matrix", "random_operand", "product_for"]
 
 
 @dataclass
@@ -97,6 +97,30 @@ def bias_words(unit, b):
         seg = [int(v) for v in b[n0:n0 + C]]
         out.append(seg + [0] * (C - len(seg)))
     return out
+
+
+def pack_row(values, lanes, width):
+    """Activation-buffer words (ints) holding one row of ``values``: ``lanes`` elements of
+    ``width`` bits each, element ``j`` of a word at bits ``j·width``; a partial last word is zero
+    past the row."""
+    mask = (1 << width) - 1
+    words = []
+    for w in range(-(-len(values) // lanes)):
+        v = 0
+        for j, e in enumerate(values[w * lanes:(w + 1) * lanes]):
+            v |= (int(e) & mask) << (j * width)
+        words.append(v)
+    return words
+
+
+def unpack_row(words, n, lanes, width):
+    """The first ``n`` signed elements of the words (ints) :func:`pack_row` makes."""
+    out = []
+    for v in words:
+        for j in range(lanes):
+            e = (v >> (j * width)) & ((1 << width) - 1)
+            out.append(e - (1 << width) if e >> (width - 1) else e)
+    return out[:n]
 
 
 def write_matrix(ctx, unit, base, stride, mat, rng=None):

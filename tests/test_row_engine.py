@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hdl.engines import RowEngine
+from sim.compute_model import pack_row, unpack_row
 from sim.harness import run_sim
 from sim.streams import check_stream_rules
 
@@ -30,21 +31,6 @@ def _f(v):
     """The model unit's element-wise function (16-bit two's complement)."""
     r = (3 * v + 1) & 0xFFFF
     return r - 0x10000 if r & 0x8000 else r
-
-
-def _elems(word, L):
-    out = []
-    for j in range(L):
-        e = (word >> (WIDTH * j)) & 0xFFFF
-        out.append(e - 0x10000 if e & 0x8000 else e)
-    return out
-
-
-def _word(elems):
-    w = 0
-    for j, e in enumerate(elems):
-        w |= (e & 0xFFFF) << (WIDTH * j)
-    return w
 
 
 def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None):
@@ -60,9 +46,10 @@ def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None):
     mem = dict(mem0)
     in_words = {in_base + r * in_stride + w for r in range(rows) for w in range(words)}
     read, written = set(), []
+    in_rows = [unpack_row([mem0[in_base + r * in_stride + w] for w in range(words)], n, L, WIDTH)
+               for r in range(rows)]
     expect_beats = []
-    for r in range(rows):
-        row = [e for w in range(words) for e in _elems(mem0[in_base + r * in_stride + w], L)][:n]
+    for row in in_rows:
         for b in range(beats):
             chunk = row[b * lanes:(b + 1) * lanes]
             expect_beats.append((chunk + [None] * (lanes - len(chunk)), len(chunk),
@@ -139,12 +126,11 @@ def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None):
     assert got_beats == expect_beats
     out_words = [out_base + r * out_stride + w for r in range(rows) for w in range(words)]
     assert sorted(written) == sorted(out_words), "each output word written exactly once"
-    for r in range(rows):
-        row = [e for w in range(words) for e in _elems(mem0[in_base + r * in_stride + w], L)][:n]
-        want = [_f(v) for v in row] + [0] * (words * L - n)
+    for r, row in enumerate(in_rows):
+        # A partial last word is zero past the row.
+        want = pack_row([_f(v) for v in row], L, WIDTH)
         for w in range(words):
-            assert mem[out_base + r * out_stride + w] == _word(want[w * L:(w + 1) * L]), \
-                f"row {r}, word {w}"
+            assert mem[out_base + r * out_stride + w] == want[w], f"row {r}, word {w}"
     untouched = set(mem0) - set(out_words)
     assert all(mem[a] == mem0[a] for a in untouched)
     if observe is not None:

@@ -17,7 +17,7 @@ import json
 import pkgutil
 import sys
 
-__all__ = ["main", "commands"]
+__all__ = ["main", "commands", "array_shape"]
 
 
 def commands():
@@ -30,6 +30,15 @@ def commands():
         if hasattr(module, "run") and hasattr(module, "add_arguments"):
             found[info.name] = module
     return dict(sorted(found.items()))
+
+
+def array_shape(spec):
+    """``(rows, cols)`` of an ``--array`` option written ``ROWSxCOLS`` (like ``16x16``)."""
+    try:
+        rows, cols = (int(v) for v in spec.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--array must be ROWSxCOLS (like 16x16), not {spec!r}") from None
+    return rows, cols
 
 
 def _print_table(result, file):

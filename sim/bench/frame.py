@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from sim.bench import array_shape
+
 HELP = "a whole backbone frame on the accelerator, against the integer twin"
 
 __all__ = ["run", "add_arguments"]
@@ -75,10 +77,7 @@ def _with_array(accel, spec):
     import dataclasses
 
     from hdl.systolic.config import ArrayConfig
-    try:
-        rows, cols = (int(v) for v in spec.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--array must be ROWSxCOLS (like 32x32), not {spec!r}") from None
+    rows, cols = array_shape(spec)
     old = accel.compute.array
     array = ArrayConfig(rows, cols, numerics=old.numerics, mesh_regs=old.mesh_regs)
     return accel.replace(compute=dataclasses.replace(accel.compute, array=array))

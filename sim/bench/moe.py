@@ -60,6 +60,8 @@ from golden.config import get_config
 from golden.fixed import quantize
 from golden.numerics import DEFAULT_NUMERICS
 from golden.twin import QuantizedModel
+from sim.bench import array_shape
+from sim.compute_model import pack_row, unpack_row
 
 __all__ = ["synthetic_model", "synthetic_case", "moe_block_reference", "simulate_layer",
            "run_core", "compute_config", "measure", "ROUTINGS"]
@@ -165,27 +167,6 @@ def moe_block_reference(qm, block, task, u, x, route_override=None):
 BASE = 0x100000      # byte address of the weight image in the simulated DDR
 
 
-def _pack_row(values, lanes, width):
-    """abuf words (ints) holding one row of ``values``, ``lanes`` elements of ``width`` bits."""
-    mask = (1 << width) - 1
-    words = []
-    for w in range(-(-len(values) // lanes)):
-        v = 0
-        for j, e in enumerate(values[w * lanes:(w + 1) * lanes]):
-            v |= (int(e) & mask) << (j * width)
-        words.append(v)
-    return words
-
-
-def _unpack_row(words, n, lanes, width):
-    out = []
-    for v in words:
-        for j in range(lanes):
-            e = (v >> (j * width)) & ((1 << width) - 1)
-            out.append(e - (1 << width) if e >> (width - 1) else e)
-    return out[:n]
-
-
 def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, jitter=16,
                    bytes_per_cycle=16.0, seed=0, prior_task=None, image_bytes=None,
                    slverr=None, p_addr_stall=0.0, vcd_path=None, always_vcd=False,
@@ -236,8 +217,8 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
         ddr.write(BASE, image)
         ddrs.append(ddr)
         checkers.append(AXI4Checker(bus, name=f"bus{p}"))
-    u_words = [w for r in np.asarray(u) for w in _pack_row(r, L, ew)]
-    x_words = [w for r in np.asarray(x) for w in _pack_row(r, L, ew)]
+    u_words = [w for r in np.asarray(u) for w in pack_row(r, L, ew)]
+    x_words = [w for r in np.asarray(x) for w in pack_row(r, L, ew)]
     wdata = Value.cast(dut.ext.w_data)
     out = {}
     counters = ("cycles", "stall_cycles", "first_stall_cycles", "router_wait_cycles",
@@ -257,7 +238,7 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
             ctx.set(dut.ext.r_addr, x_base + i)
             await ctx.tick()            # a synchronous read: the word of this address
             words.append(ctx.get(Value.cast(dut.ext.r_data)))
-        return np.array([_unpack_row(words[t * Wd:(t + 1) * Wd], D, L, ew) for t in range(N)],
+        return np.array([unpack_row(words[t * Wd:(t + 1) * Wd], D, L, ew) for t in range(N)],
                         dtype=np.int64)
 
     async def run_layer(ctx, t):
@@ -346,7 +327,7 @@ def run_core(qm, u, x, layer, task, compute, *, backend="verilator", ports=None,
     def matrix_bytes(mat):
         raw = bytearray()
         for r in np.asarray(mat):
-            for w in _pack_row(r, L, ew):
+            for w in pack_row(r, L, ew):
                 raw += w.to_bytes(bpw * wb, "little")
         return bytes(raw)
 
@@ -382,7 +363,7 @@ def run_core(qm, u, x, layer, task, compute, *, backend="verilator", ports=None,
             raw = sim.ddr_read(out_addr, mat_bytes)
             words = [int.from_bytes(raw[i:i + bpw * wb], "little")
                      for i in range(0, mat_bytes, bpw * wb)]
-            res["x"] = np.array([_unpack_row(words[t_ * Wd:(t_ + 1) * Wd], D, L, ew)
+            res["x"] = np.array([unpack_row(words[t_ * Wd:(t_ + 1) * Wd], D, L, ew)
                                  for t_ in range(N)], dtype=np.int64)
             return res
 
@@ -552,10 +533,7 @@ def _backend(choice, config):
 
 
 def run(args):
-    try:
-        rows, cols = (int(v) for v in args.array.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--array must look like 16x16, not {args.array!r}") from None
+    rows, cols = array_shape(args.array)
     return measure(args.config, task=args.task, seed=args.seed, layer=args.layer,
                    routing=args.routing, rows=rows, cols=cols, ports=args.ports,
                    latency=args.latency, jitter=args.jitter,
