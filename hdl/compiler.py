@@ -18,7 +18,8 @@ DDR buffers
 Weight image (``WEIGHTS_ADDR``, 4 KiB aligned)::
 
     offset 0              parameter stream (hdl.isa): per dense product of the frame, in program
-                          order, a BIAS and a WEIGHT segment; per LayerNorm an LNPARAM segment
+                          order, a BIAS and a WEIGHT segment; per LayerNorm an LNPARAM segment;
+                          stored as stream_ports interleaved sub-streams
     moe_offset (4 KiB)    the MoE image of hdl.moe.layout.pack (SystolicOrder of the array)
     pos_offset (64 B)     the position embedding with the cls token folded into row 0, N rows of
                           ceil(D/L)·L 16-bit elements (act format), zero padded
@@ -143,7 +144,8 @@ class CompiledModel:
     pos_offset, moe_offset, moe_bytes, pstream_bytes : int
         Where the parts of the weight image are.
     segments : list of dict
-        The parameter-stream segments in order (``kind``, ``n``, ``offset``, ``words``, ``what``).
+        The parameter-stream segments in order (``kind``, ``n``, ``offset``, ``words``, ``what``;
+        ``offset`` in bytes of the stream in order, :attr:`pstream`).
     blocks : list of str
         For each instruction, the part of the model it belongs to: ``"embed"`` (input, position
         and patch embedding), ``"block<i>"``, or ``"output"`` (the store and ``END``).
@@ -172,6 +174,12 @@ class CompiledModel:
     def instructions(self):
         """Number of instructions (the header excluded)."""
         return (len(self.program) - isa.HEADER_BYTES) // isa.INSTR_BYTES
+
+    @property
+    def pstream(self):
+        """The parameter stream in order: the weight image's sub-streams de-interleaved."""
+        return isa.deinterleave_stream(self.weights[:self.pstream_bytes],
+                                       self.config.stream_ports, self.config.beat_bytes)
 
     def disassemble(self):
         """The program as text lines."""
@@ -231,11 +239,13 @@ class _Stream:
         self.segments = []
 
     def _segment(self, kind, n, payload, what, eps=0):
+        # Header and payload each fill whole stream words (stream_ports bus words).
         beat = self.config.beat_bytes
+        word = beat * self.config.stream_ports
         payload = bytes(payload)
-        words = _ceil(len(payload), beat)
-        payload = payload + bytes(words * beat - len(payload))
-        header = isa.encode_segment_header(kind, n, words, eps) + bytes(beat - 16)
+        payload = payload + bytes(_round_up(len(payload), word) - len(payload))
+        words = len(payload) // beat
+        header = isa.encode_segment_header(kind, n, words, eps) + bytes(word - 16)
         self.segments.append({"kind": Segment(kind), "n": n, "offset": self.size,
                               "words": words, "what": what})
         self.chunks += [header, payload]
@@ -271,6 +281,7 @@ class _Stream:
         self._segment(Segment.LNPARAM, n, payload.astype("<i2").tobytes(), what, eps=eps_int)
 
     def tobytes(self):
+        """The stream in order (before :func:`hdl.isa.interleave_stream`)."""
         return b"".join(self.chunks)
 
 
@@ -465,8 +476,9 @@ def compile_model(qm, config):
     prog.emit(Opcode.STORE, base=Base.OUTPUT, offset=0, addr=plan.x, words=output_words)
     prog.emit(Opcode.END)
 
-    # The weight image: stream, MoE image, position embedding.
-    pstream = stream.tobytes()
+    # The weight image: stream (as sub-streams, one per port that reads it), MoE image,
+    # position embedding.
+    pstream = isa.interleave_stream(stream.tobytes(), config.stream_ports, config.beat_bytes)
     moe_offset = _round_up(len(pstream), PAGE)
     if cfg.moe_blocks:
         from .moe.layout import SystolicOrder, pack

@@ -9,7 +9,7 @@ register map (:attr:`AccelConfig.regmap`). Presets:
 ``"zcu104"``
     The ZCU104 build: a 32 × 32 array (1024 DSP48E2 MACs), an 8192-word activation buffer that
     holds every token matrix of m3vit-tiny on chip, four 128-bit AXI masters (one per PS HP
-    port), 300 MHz. The MoE engine is built for m3vit-tiny's MoE blocks.
+    port; the parameter stream reads ports 1 and 2 at once, 32 bytes per cycle), 300 MHz. The MoE engine is built for m3vit-tiny's MoE blocks.
 ``"small"``
     A 16 × 4 array (tall, so that the patch embedding's few rows are not weight-load bound),
     maxima that cover the ``micro`` model, two AXI masters: a whole micro frame in the
@@ -80,9 +80,15 @@ class AccelConfig:
         serves the attention rows and the MoE router's (rows of ``num_experts`` logits).
     axi_ports : int
         AXI4 masters ``m_axi_0 … m_axi_{axi_ports−1}``, 1..4 (one per PS HP port). Port 0
-        carries the program, activations and results; the parameter stream is striped over the
-        others (over all of them when there are at most two); the MoE engine's DMA uses
-        ``moe_ports`` of them.
+        carries the program, activations and results; the parameter stream reads
+        ``stream_ports`` of the others (from port 0 on when there are not enough others); the MoE
+        engine's DMA uses ``moe_ports`` of them.
+    stream_ports : int or None
+        Ports the parameter stream reads at once, 1, 2 or 4 (at most ``axi_ports``): the stream
+        is stored as that many interleaved sub-streams (:mod:`hdl.isa`), one per port, and the
+        unpacker takes one bus word of each per cycle, ``stream_ports`` bus words per cycle in
+        all. ``None``: the largest power of two not above the ports other than port 0 (all the
+        ports when there are at most two).
     axi_data_width : int
         AXI data width (64, 128, 256 or 512; the ZCU104's HP ports are 128 bits).
     axi_addr_width : int
@@ -108,6 +114,7 @@ class AccelConfig:
     ln_max_len: int = None
     softmax_max_len: int = None
     axi_ports: int = 1
+    stream_ports: int = None
     axi_data_width: int = 128
     axi_addr_width: int = 40
     axi_id_width: int = 4
@@ -141,6 +148,11 @@ class AccelConfig:
                 object.__setattr__(self, name, default)
             _int(name, getattr(self, name))
         _int("axi_ports", self.axi_ports, 1, 4)
+        if self.stream_ports is None:
+            others = self.axi_ports - 1 if self.axi_ports > 2 else self.axi_ports
+            object.__setattr__(self, "stream_ports", 1 << (others.bit_length() - 1))
+        _int("stream_ports", self.stream_ports, 1, self.axi_ports)
+        _pow2("stream_ports", self.stream_ports)
         if self.axi_data_width not in _DATA_WIDTHS:
             raise ValueError(f"axi_data_width must be one of "
                              f"{', '.join(map(str, _DATA_WIDTHS))}, not {self.axi_data_width!r}")
@@ -171,6 +183,11 @@ class AccelConfig:
             if bits % dw and dw % bits:
                 raise ValueError(f"{what} ({bits} bits) and the {dw}-bit bus must divide one "
                                  f"another")
+            sw = self.stream_bits
+            if what != "an abuf word" and bits % sw and sw % bits:
+                raise ValueError(f"{what} ({bits} bits) and the parameter stream's "
+                                 f"{sw}-bit words ({self.stream_ports} ports × {dw} bits) must "
+                                 f"divide one another")
         c, mdl = self.compute, self.model
         if self.softmax_max_len < mdl.num_experts:
             raise ValueError(f"softmax_max_len ({self.softmax_max_len}) must be at least the "
@@ -221,6 +238,12 @@ class AccelConfig:
         return p
 
     @property
+    def load_ports(self):
+        """AXI read ports a LOAD is spread over (:class:`hdl.engines.LoadEngine`): like the MoE
+        DMA, the largest of 1, 2, 4 not above ``axi_ports``."""
+        return self.moe_ports
+
+    @property
     def moe(self):
         """The :class:`~hdl.moe.layer.MoELayerConfig` of the MoE layer engine."""
         from .moe.layer import MoELayerConfig
@@ -231,16 +254,22 @@ class AccelConfig:
 
     @property
     def param_ports(self):
-        """Ports the parameter stream is striped over: ``1 … axi_ports−1`` with three or more
-        ports (port 0 carries the program, the activations and the results), every port with
-        one or two."""
-        return tuple(range(1, self.axi_ports)) if self.axi_ports > 2 else \
-            tuple(range(self.axi_ports))
+        """Ports of the parameter stream's sub-streams, ``stream_ports`` of them: ``1, 2, …``
+        when there are enough ports besides port 0 (which carries the program, the activations
+        and the results), ``0, 1, …`` otherwise."""
+        first = 1 if self.axi_ports > self.stream_ports else 0
+        return tuple(range(first, first + self.stream_ports))
+
+    @property
+    def stream_bits(self):
+        """Bits the parameter stream delivers per cycle at most: one bus word per port."""
+        return self.stream_ports * self.axi_data_width
 
     @property
     def port_masters(self):
-        """Read masters sharing port 0: program, LOAD, MoE port 0, and the parameter stream
-        when it uses port 0."""
+        """Read masters sharing port 0 (the most of any port): program, LOAD, MoE port 0, and the
+        parameter stream when it uses port 0. (Another port has at most a LOAD piece, an MoE
+        DMA port and a parameter sub-stream.)"""
         return 3 + (0 in self.param_ports)
 
     @property

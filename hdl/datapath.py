@@ -14,7 +14,7 @@
     ┌──────── SharedMoELayer: MoE engine + ComputeUnit + abuf + Softmax ───────────┐
     └──────────────────────────────────────────────────────────────────────────────┘
             ▲ w, b (weights, biases)          ▲ LayerNorm parameters
-            └────────── ParamStream (DDR, read ahead, striped over ports) ──┘
+            └──── ParamStream (DDR, read ahead, a bus word per stream port per cycle) ──┘
 
 The sequencer executes one instruction at a time (:mod:`hdl.isa`); the parameter stream is read
 ahead independently, so weights of the next product arrive while the current one computes.
@@ -114,6 +114,7 @@ class Datapath(wiring.Component):
                                   w_depth=c.weight_fifo_words)
         L = c.lanes
         self.load = LoadEngine(lanes=L, addr_bits=cc.addr_bits, addr_width=aw, data_width=dw,
+                               ports=c.load_ports,
                                max_burst_beats=c.max_burst_beats,
                                max_outstanding=c.max_outstanding)
         self.store = StoreEngine(lanes=L, addr_bits=cc.addr_bits, addr_width=aw,
@@ -163,7 +164,9 @@ class Datapath(wiring.Component):
         c = self._config
         aw, dw = c.axi_addr_width, c.axi_data_width
         readers = {p: [] for p in range(c.axi_ports)}
-        readers[0] += [self.prog_reader.bus, self.load.bus]
+        readers[0].append(self.prog_reader.bus)
+        for j in range(c.load_ports):
+            readers[j].append(getattr(self.load, f"bus{j}"))
         for j in range(c.moe_ports):
             readers[j].append(getattr(self.moe, f"bus{j}"))
         for j, p in enumerate(c.param_ports):
@@ -391,7 +394,7 @@ class Datapath(wiring.Component):
                     return (lo < o_hi) & (oaddr < lo + size) & (hdr.output_bytes != 0)
 
                 with m.If((hdr.magic != isa.MAGIC) | (hdr.version != isa.VERSION)
-                          | hdr.pstream_bytes[:lsb].any()):
+                          | hdr.pstream_bytes[:lsb + _log2(c.stream_ports)].any()):
                     m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
                     m.next = "FAILED"
                 with m.Elif(task >= hdr.num_tasks):

@@ -6,8 +6,8 @@
     weight, bias and status streams opened to the sequencer while the engine is idle, so that
     dense layers, attention and MoE layers share one compute unit and one activation buffer.
 :class:`ParamStream`
-    Reads the parameter stream (:mod:`hdl.isa`) ahead of execution, striped over several AXI
-    read managers, and unpacks its segments into the weight, bias and LayerNorm-parameter
+    Reads the parameter stream (:mod:`hdl.isa`) ahead of execution, one interleaved sub-stream
+    per AXI read manager, a bus word of each per cycle, and unpacks its segments into the weight, bias and LayerNorm-parameter
     queues.
 :class:`RowEngine`
     Streams rows of the activation buffer through a row unit (LayerNorm or softmax) and writes
@@ -140,17 +140,20 @@ class SharedMoELayer(MoELayer):
 class ParamStream(wiring.Component):
     """Read the parameter stream ahead of execution and unpack it into three queues.
 
-    ``go`` starts reading ``nbytes`` (a multiple of the bus word) at ``base``. With
-    ``len(ports)`` = P > 1 read managers, the stream is cut into chunks of ``chunk_beats`` bus
-    words, chunk ``c`` read by manager ``c mod P``, and the chunks are merged back in order;
-    with one manager the whole stream is one read command. Reads run ahead as far as the queues
-    and the managers' buffers allow.
+    The stream is stored as ``len(ports)`` = P interleaved sub-streams (:mod:`hdl.isa`): bus
+    word ``i`` of the stream is word ``i div P`` of sub-stream ``i mod P``, and sub-stream ``j``
+    lies at ``base + j·nbytes/P``. ``go`` starts reading ``nbytes`` (a multiple of ``P`` bus
+    words) at ``base``: read manager ``j`` reads sub-stream ``j`` as one command, and the
+    unpacker takes one word of every sub-stream per cycle, a *stream word* of ``P`` bus words
+    (the lowest bits from sub-stream 0). Reads run ahead as far as the queues and the managers'
+    buffers allow.
 
-    Segments (:data:`hdl.isa.segment_layout`) are unpacked: BIAS items into ``b`` (``cols``
-    biases), WEIGHT items into ``w`` (``rows`` weights), LNPARAM beats into ``ln`` (the
-    LayerNorm unit's parameter beats, ``count``/``last``/``eps`` filled in). A header with a bad
-    magic byte, an unknown kind, ``n = 0`` or a ``words`` field that does not match ``n`` stops
-    the unpacking and raises ``error``; an AXI error of a manager raises ``axi_error``.
+    Segments (:data:`hdl.isa.segment_layout`) start on stream words: the header is the low 128
+    bits of one, the payload fills whole ones. They are unpacked: BIAS items into ``b``
+    (``cols`` biases), WEIGHT items into ``w`` (``rows`` weights), LNPARAM beats into ``ln``
+    (the LayerNorm unit's parameter beats, ``count``/``last``/``eps`` filled in). A header with
+    a bad magic byte, an unknown kind, ``n = 0`` or a ``words`` field that does not match ``n``
+    stops the unpacking and raises ``error``; an AXI error of a manager raises ``axi_error``.
 
     ``halt`` stops issuing read commands (reads in flight complete).
 
@@ -169,12 +172,18 @@ class ParamStream(wiring.Component):
 
     def __init__(self, *, compute, ln_config, n_ports, addr_width, data_width,
                  max_burst_beats=16, max_outstanding=8, w_depth=64):
+        if n_ports not in (1, 2, 4):
+            raise ValueError(f"n_ports must be 1, 2 or 4, not {n_ports!r}")
         self._cc = compute
         self._ln = ln_config
         self._n = n_ports
         self._aw = addr_width
         self._dw = data_width
-        self._chunk = max_burst_beats
+        sw = self.word_bits
+        for kind, bits in self.kinds.items():
+            if bits % sw and sw % bits:
+                raise ValueError(f"{kind.name} items ({bits} bits) and the {sw}-bit stream word "
+                                 f"must divide one another")
         self._masters = [AXI4ReadMaster(addr_width=addr_width, data_width=data_width,
                                         id_width=1, max_burst_beats=max_burst_beats,
                                         max_outstanding=max_outstanding)
@@ -203,52 +212,51 @@ class ParamStream(wiring.Component):
         return {isa.Segment.BIAS: a.cols * 32, isa.Segment.WEIGHT: a.rows * 16,
                 isa.Segment.LNPARAM: self._ln.lanes * 32}
 
+    @property
+    def word_bits(self):
+        """Bits of a stream word: one bus word of each sub-stream."""
+        return self._n * self._dw
+
+    @property
+    def throughput(self):
+        """Stream bytes per cycle at most (one bus word per manager)."""
+        return self.word_bits // 8
+
     def elaborate(self, platform):
         m = Module()
         dw, P = self._dw, self._n
-        beat_bytes = dw // 8
-        lsb = _log2(beat_bytes)
+        sw = self.word_bits
+        lsb = _log2(dw // 8)
         for j, mst in enumerate(self._masters):
             m.submodules[f"reader{j}"] = mst
             connect(m, flipped(getattr(self, f"bus{j}")), mst.bus)
 
-        # -- read commands --------------------------------------------------------------------
-        addr = Signal(self._aw)
-        left = Signal(32 - lsb + 1)             # bus words still to request
-        turn = Signal(range(max(P, 2)))
-        active = Signal()
-        chunk = self._chunk if P > 1 else None
+        # -- read commands: one per sub-stream ---------------------------------------------------
+        sub_bytes = self.nbytes >> _log2(P)
+        pending = Signal(P)
+        base = Signal(self._aw)
+        size = Signal(32)
         with m.If(self.go):
-            m.d.sync += [addr.eq(self.base), left.eq(self.nbytes >> lsb), turn.eq(0),
-                         active.eq((self.nbytes >> lsb) != 0)]
-        beats = Signal.like(left)
-        m.d.comb += beats.eq(left if chunk is None else Mux(left > chunk, chunk, left))
+            m.d.sync += [base.eq(self.base), size.eq(sub_bytes),
+                         pending.eq(Mux(sub_bytes >> lsb != 0, (1 << P) - 1, 0))]
         for j, mst in enumerate(self._masters):
             m.d.comb += [
-                mst.cmd.payload.addr.eq(addr),
-                mst.cmd.payload.beats.eq(beats),
-                mst.cmd.valid.eq(active & ~self.halt & (turn == j) & ~self.go),
+                mst.cmd.payload.addr.eq(base + size * j),
+                mst.cmd.payload.beats.eq(size >> lsb),
+                mst.cmd.valid.eq(pending[j] & ~self.halt & ~self.go),
             ]
             with m.If(mst.cmd.valid & mst.cmd.ready):
-                m.d.sync += [addr.eq(addr + (beats << lsb)), left.eq(left - beats),
-                             turn.eq(0 if j == P - 1 else j + 1)]
-                with m.If(left == beats):
-                    m.d.sync += active.eq(0)
+                m.d.sync += pending[j].eq(0)
 
-        # -- merge ----------------------------------------------------------------------------
-        cur = Signal(range(max(P, 2)))
-        word = stream.Signature(dw).create(path=("pstream_word",))
+        # -- merge: one bus word of each sub-stream per cycle --------------------------------------
+        word = stream.Signature(sw).create(path=("pstream_word",))
         datas = [mst.data for mst in self._masters]
         m.d.comb += [
-            word.valid.eq(Array(d.valid for d in datas)[cur] if P > 1 else datas[0].valid),
-            word.payload.eq(Array(d.payload.data for d in datas)[cur] if P > 1
-                            else datas[0].payload.data),
+            word.valid.eq(Cat(*(d.valid for d in datas)).all()),
+            word.payload.eq(Cat(*(d.payload.data for d in datas))),
         ]
-        for j, d in enumerate(datas):
-            m.d.comb += d.ready.eq(word.ready & (cur == j))
-            if P > 1:
-                with m.If(d.valid & d.ready & d.payload.last):
-                    m.d.sync += cur.eq(0 if j == P - 1 else j + 1)
+        for d in datas:
+            m.d.comb += d.ready.eq(word.ready & word.valid)
 
         # -- segments -------------------------------------------------------------------------
         widths = self.kinds
@@ -256,7 +264,7 @@ class ParamStream(wiring.Component):
         max_items = (1 << 24) - 1
         unp = {}
         for kind, bits in widths.items():
-            u = Unpacker(dw, bits, max_items)
+            u = Unpacker(sw, bits, max_items)
             m.submodules[f"unpack_{kind.name.lower()}"] = u
             unp[kind] = u
         hdr = data.View(isa.segment_layout, word.payload[:128])
@@ -268,10 +276,11 @@ class ParamStream(wiring.Component):
                      self.axi_error.eq(Cat(*(mst.error for mst in self._masters)).any())]
 
         def expected_words(bits, n):
-            if bits >= dw:
+            # Bus words of a payload of n items: whole stream words of P bus words.
+            if bits >= sw:
                 return n << _log2(bits // dw)
-            sh = _log2(dw // bits)
-            return (n + (1 << sh) - 1) >> sh
+            sh = _log2(sw // bits)
+            return ((n + (1 << sh) - 1) >> sh) << _log2(P)
 
         with m.FSM(name="segment"):
             with m.State("HEADER"):
@@ -601,10 +610,14 @@ class RowEngine(wiring.Component):
 
 class LoadEngine(wiring.Component):
     """Copy ``words`` activation-buffer words from DDR at ``addr`` into the buffer at
-    ``abuf_addr``.
+    ``abuf_addr``, through ``ports`` AXI read managers at once.
 
-    One read command of ``ceil(words·L·16 / data_width)`` bus words; the words are written one
-    per cycle as they arrive. ``busy`` falls after the last write.
+    The copy is cut into ``ports`` contiguous pieces of ``ceil(words / ports)`` words (rounded up
+    to whole bus words), one read command per manager; each manager's bus words are packed into
+    buffer words, and the pieces' words are written one per cycle as they arrive (round robin
+    between the pieces that have one). With ``L·16``-bit buffer words ``ports`` times the bus
+    width apart, the copy then runs at one buffer word per cycle instead of one bus word.
+    ``busy`` falls after the last write.
 
     Members
     -------
@@ -616,20 +629,24 @@ class LoadEngine(wiring.Component):
     waiting : Out(1)
         Busy and no data to write in this cycle (DDR read latency or bandwidth).
     ext : Out(ext_request_layout)
-    bus : Out(AXI4Signature)
+    bus<j> : Out(AXI4Signature), for each of the ``ports`` managers
     error : Out(1)
         AXI error (sticky until reset).
     """
 
-    def __init__(self, *, lanes, addr_bits, addr_width, data_width, max_burst_beats=16,
-                 max_outstanding=8):
+    def __init__(self, *, lanes, addr_bits, addr_width, data_width, ports=1,
+                 max_burst_beats=16, max_outstanding=8):
+        if ports not in (1, 2, 4):
+            raise ValueError(f"ports must be 1, 2 or 4, not {ports!r}")
         self._L = lanes
         self._ab = addr_bits
         self._dw = data_width
-        self._master = AXI4ReadMaster(addr_width=addr_width, data_width=data_width, id_width=1,
-                                      max_burst_beats=max_burst_beats,
-                                      max_outstanding=max_outstanding)
-        super().__init__({
+        self._ports = ports
+        self._masters = [AXI4ReadMaster(addr_width=addr_width, data_width=data_width,
+                                        id_width=1, max_burst_beats=max_burst_beats,
+                                        max_outstanding=max_outstanding)
+                         for _ in range(ports)]
+        members = {
             "start": In(1),
             "addr": In(addr_width),
             "abuf_addr": In(addr_bits),
@@ -637,43 +654,103 @@ class LoadEngine(wiring.Component):
             "busy": Out(1),
             "waiting": Out(1),
             "ext": Out(ext_request_layout(addr_bits, lanes * 16)),
-            "bus": Out(self._master.bus.signature),
             "error": Out(1),
-        })
+        }
+        for j in range(ports):
+            members[f"bus{j}"] = Out(self._masters[j].bus.signature)
+        super().__init__(members)
+
+    @property
+    def ports(self):
+        """AXI read managers the copy is spread over."""
+        return self._ports
 
     def elaborate(self, platform):
         m = Module()
         wb = self._L * 16
         dw = self._dw
-        m.submodules.reader = rd = self._master
-        connect(m, flipped(self.bus), rd.bus)
-        m.submodules.unpack = up = Unpacker(dw, wb, (1 << 24) - 1)
-        m.d.comb += [up.i.valid.eq(rd.data.valid), up.i.payload.eq(rd.data.payload.data),
-                     rd.data.ready.eq(up.i.ready), self.error.eq(rd.error)]
-        if wb >= dw:
-            beats = self.words << _log2(wb // dw)
-        else:
+        P = self._ports
+        # Words per bus word (pieces stay bus-word aligned) and bytes per buffer word.
+        per_beat = max(dw // wb, 1)
+        word_bytes = wb // 8
+
+        def beats_of(words):
+            if wb >= dw:
+                return words << _log2(wb // dw)
             sh = _log2(dw // wb)
-            beats = (self.words + (1 << sh) - 1) >> sh
-        cmd_pending = Signal()
-        m.d.comb += [rd.cmd.payload.addr.eq(self.addr), rd.cmd.payload.beats.eq(beats),
-                     rd.cmd.valid.eq(cmd_pending)]
-        with m.If(rd.cmd.ready):
-            m.d.sync += cmd_pending.eq(0)
-        waddr = Signal(self._ab)
-        m.d.comb += [up.start.eq(self.start), up.count.eq(self.words)]
+            return (words + (1 << sh) - 1) >> sh
+
+        # Piece size: ceil(words / P), rounded up to whole bus words.
+        piece = Signal(24)
+        words_q = Signal(24)
+        abuf_q = Signal(self._ab)
+        addr_q = Signal.like(self.addr)
+        share = (self.words + P - 1) >> _log2(P)
         with m.If(self.start):
-            m.d.sync += [cmd_pending.eq(self.words != 0), waddr.eq(self.abuf_addr)]
+            m.d.sync += [
+                piece.eq(((share + per_beat - 1) >> _log2(per_beat)) << _log2(per_beat)),
+                words_q.eq(self.words), abuf_q.eq(self.abuf_addr), addr_q.eq(self.addr),
+            ]
+        # The pieces start one cycle after `start` (the piece size is registered).
+        go = Signal()
+        m.d.sync += go.eq(self.start)
+
+        ups, waddrs, pending = [], [], []
+        for j, rd in enumerate(self._masters):
+            m.submodules[f"reader{j}"] = rd
+            connect(m, flipped(getattr(self, f"bus{j}")), rd.bus)
+            up = Unpacker(dw, wb, (1 << 24) - 1)
+            m.submodules[f"unpack{j}"] = up
+            m.d.comb += [up.i.valid.eq(rd.data.valid), up.i.payload.eq(rd.data.payload.data),
+                         rd.data.ready.eq(up.i.ready)]
+            first = Signal(24, name=f"first{j}")
+            count = Signal(24, name=f"count{j}")
+            m.d.comb += [
+                first.eq(piece * j),
+                count.eq(Mux(words_q > first,
+                             Mux(words_q - first > piece, piece, words_q - first), 0)),
+            ]
+            cmd_pending = Signal(name=f"cmd_pending{j}")
+            waddr = Signal(self._ab, name=f"waddr{j}")
+            m.d.comb += [
+                rd.cmd.payload.addr.eq(addr_q + first * word_bytes),
+                rd.cmd.payload.beats.eq(beats_of(count)),
+                rd.cmd.valid.eq(cmd_pending),
+                up.start.eq(go), up.count.eq(count),
+            ]
+            with m.If(rd.cmd.ready):
+                m.d.sync += cmd_pending.eq(0)
+            with m.If(go):
+                m.d.sync += [cmd_pending.eq(count != 0), waddr.eq(abuf_q + first)]
+            ups.append(up)
+            waddrs.append(waddr)
+            pending.append(cmd_pending)
+
+        # One buffer write per cycle: round robin between the pieces with a word ready.
+        turn = Signal(range(max(P, 2)))
+        grant = Signal(P)
+        valids = Cat(*(up.o.valid for up in ups))
+        for k in range(P):
+            # Priority starts at `turn`: piece (turn + k) mod P wins if none before it is valid.
+            with m.If(turn == k):
+                for i in range(P):
+                    j = (k + i) % P
+                    earlier = [(k + t) % P for t in range(i)]
+                    m.d.comb += grant[j].eq(
+                        valids[j] & ~Cat(*(valids[e] for e in earlier)).any() if earlier
+                        else valids[j])
+        for j, up in enumerate(ups):
+            m.d.comb += up.o.ready.eq(grant[j])
+            with m.If(grant[j]):
+                m.d.comb += [self.ext.w_addr.eq(waddrs[j]), self.ext.w_data.eq(up.o.payload)]
+                m.d.sync += [waddrs[j].eq(waddrs[j] + 1), turn.eq((j + 1) % P)]
         m.d.comb += [
-            up.o.ready.eq(1),
-            self.ext.w_addr.eq(waddr),
-            self.ext.w_en.eq(up.o.valid),
-            self.ext.w_data.eq(up.o.payload),
-            self.busy.eq(up.busy | cmd_pending),
-            self.waiting.eq(self.busy & ~up.o.valid),
+            self.ext.w_en.eq(grant.any()),
+            self.busy.eq(Cat(*(up.busy for up in ups)).any() | Cat(*pending).any()
+                         | self.start | go),
+            self.waiting.eq(self.busy & ~grant.any()),
+            self.error.eq(Cat(*(rd.error for rd in self._masters)).any()),
         ]
-        with m.If(up.o.valid):
-            m.d.sync += waddr.eq(waddr + 1)
         return m
 
 

@@ -44,8 +44,15 @@ Parameter stream
 Dense-layer weights, biases and LayerNorm parameters are not addressed by the instructions: they
 form one *parameter stream* at the start of the weight image (``pstream_bytes`` long), in the
 order the program consumes them, and the accelerator reads it ahead of execution (decoupled
-access). It is a sequence of *segments*, each a 128-bit segment header
-(:data:`segment_layout`) and its payload, padded to whole bus words:
+access). The accelerator reads it through ``S = stream_ports`` AXI ports at once
+(:class:`hdl.config.AccelConfig`), one bus word from each per cycle, so it is stored as ``S``
+interleaved *sub-streams*: bus word ``i`` of the stream is word ``i div S`` of sub-stream
+``i mod S``, and sub-stream ``j`` occupies bytes ``j·pstream_bytes/S …`` of the stream's place
+(:func:`interleave_stream` and :func:`deinterleave_stream`). ``S`` consecutive bus words form a
+*stream word*; ``pstream_bytes`` is a whole number of stream words. The stream is a sequence of
+*segments*, each starting on a stream word: a 128-bit segment header
+(:data:`segment_layout`), zero-padded to one stream word, and its payload, padded to whole
+stream words:
 
 ==========  ===================================================================================
 kind        payload (``n`` items)
@@ -58,7 +65,8 @@ kind        payload (``n`` items)
             ``lanes`` biases (16-bit, ``ln_param`` format); ``eps`` is the unit's ``eps_int``
 ==========  ===================================================================================
 
-The payload length in bus words, ``words``, is stored in the header and checked.
+The payload length in bus words, ``words`` (a multiple of ``S``), is stored in the header and
+checked.
 """
 
 import enum as py_enum
@@ -69,12 +77,13 @@ from amaranth.lib import data
 __all__ = ["MAGIC", "VERSION", "SEGMENT_MAGIC", "INSTR_BITS", "INSTR_BYTES", "HEADER_BYTES",
            "Opcode", "Base", "Segment", "MatmulFlags", "header_layout", "instr_layout",
            "segment_layout", "encode", "decode", "encode_header", "decode_header",
-           "encode_segment_header", "decode_segment_header", "disassemble"]
+           "encode_segment_header", "decode_segment_header", "interleave_stream",
+           "deinterleave_stream", "disassemble"]
 
 #: ``magic`` of the program header: ASCII "M3VP", little-endian.
 MAGIC = int.from_bytes(b"M3VP", "little")
-#: Version of this format.
-VERSION = 1
+#: Version of this format (2: the parameter stream is stored as interleaved sub-streams).
+VERSION = 2
 #: ``magic`` byte of every parameter-stream segment header.
 SEGMENT_MAGIC = 0xA5
 #: Bits of an instruction (and of the header).
@@ -283,6 +292,31 @@ def decode_segment_header(raw):
     except ValueError:
         pass
     return out
+
+
+def _check_stream(raw, ways, beat_bytes):
+    for name, v in (("ways", ways), ("beat_bytes", beat_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, not {v!r}")
+    raw = bytes(raw)
+    if len(raw) % (ways * beat_bytes):
+        raise ValueError(f"a stream of {len(raw)} bytes is not a whole number of "
+                         f"{ways} × {beat_bytes}-byte stream words")
+    return np.frombuffer(raw, dtype=np.uint8)
+
+
+def interleave_stream(raw, ways, beat_bytes):
+    """The parameter stream ``raw`` (bytes, in stream order) as stored in DDR: ``ways``
+    sub-streams one after the other, bus word ``i`` of the stream in sub-stream ``i mod ways``.
+    ``len(raw)`` must be a multiple of ``ways·beat_bytes``."""
+    a = _check_stream(raw, ways, beat_bytes)
+    return a.reshape(-1, ways, beat_bytes).transpose(1, 0, 2).tobytes()
+
+
+def deinterleave_stream(raw, ways, beat_bytes):
+    """The inverse of :func:`interleave_stream`: the stream in order from its DDR image."""
+    a = _check_stream(raw, ways, beat_bytes)
+    return a.reshape(ways, -1, beat_bytes).transpose(1, 0, 2).tobytes()
 
 
 def disassemble(program):

@@ -7,14 +7,15 @@ instructions' cycles; each instruction is modelled from the formulas of the bloc
 ``MATMUL``
     ``max(ComputeUnit.cycles(M, K, N), stream bytes / parameter-path bandwidth)`` plus the
     hand-over (decode, command register, status): the compute unit's own cycle formula when the
-    weights keep up, the parameter stream's rate (one bus word per cycle at most, and the DDR's
-    share of the parameter ports) when they do not.
+    weights keep up, the parameter stream's rate (a bus word per cycle from each of its
+    ``stream_ports`` ports, at most the DDR's share of a port) when they do not.
 ``LAYERNORM``, ``SOFTMAX``
     ``rows · max(words, beats)``: the activation buffer's external port reads one word and
     writes one word per cycle; the unit takes one beat of ``lanes`` per cycle; plus the unit's
     latency.
 ``LOAD``, ``STORE``
-    DDR latency plus the transfer at one bus word per cycle.
+    DDR latency plus the transfer: a STORE at one bus word per cycle, a LOAD at a bus word per
+    cycle from each of its ``load_ports`` ports (at most one activation-buffer word per cycle).
 ``MOE``
     routing (the router fetch, the logits product, the softmax and the reordering), then per used
     expert the larger of the engine's compute time (:meth:`hdl.moe.layer.MoELayer.expert_cycles`)
@@ -93,8 +94,8 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
     port_bytes_per_cycle : float or None
         Bandwidth of one port (default: ``min(bus word, aggregate / ports)``).
     stream_bytes_per_cycle : float or None
-        Bandwidth of the parameter stream (default: the hardware's, ``min(bus word, port ·
-        parameter ports)``: the striped ports merge into one bus word per cycle). A what-if.
+        Bandwidth of the parameter stream (default: the hardware's, one port's bandwidth times
+        ``stream_ports``: a bus word from each of its ports per cycle). A what-if.
 
     Returns
     -------
@@ -109,7 +110,7 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
     L = c.lanes
     agg = ddr_bytes_per_cycle or beat * c.axi_ports
     port = port_bytes_per_cycle or min(beat, agg / c.axi_ports)
-    stream_bw = stream_bytes_per_cycle or min(beat, port * len(c.param_ports))
+    stream_bw = stream_bytes_per_cycle or port * c.stream_ports
     moe_bw = min(agg, port * c.moe_ports)
     cu = ComputeUnit(c.compute)
     est = FrameEstimate()
@@ -142,7 +143,9 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             break
         if op in (Opcode.LOAD, Opcode.STORE):
             nbytes = -(-f["words"] * L * 2 // beat) * beat
-            add(op.name, latency + nbytes / min(beat, port) + 8, 0, nbytes)
+            # A LOAD reads load_ports ports at once (at most one buffer word per cycle).
+            rate = min(port * c.load_ports, agg, 2 * L) if op == Opcode.LOAD else min(beat, port)
+            add(op.name, latency + nbytes / rate + 8, 0, nbytes)
         elif op == Opcode.MATMUL:
             flags = MatmulFlags(f["flags"])
             tr = bool(flags & MatmulFlags.W_TRANSPOSED)

@@ -322,23 +322,35 @@ class _StreamReader:
     """Reads the parameter stream segment by segment, checking kinds and sizes."""
 
     def __init__(self, read, base, size, config):
-        self.read = read
-        self.pos = base
-        self.end = base + size
+        word = config.beat_bytes * config.stream_ports
+        if size % word:
+            raise ProgramFault(ErrorCode.PROGRAM_ERROR,
+                               f"the parameter stream ({size} bytes) is not a whole number of "
+                               f"{word}-byte stream words")
+        self.stream = isa.deinterleave_stream(read(base, size), config.stream_ports,
+                                              config.beat_bytes)
+        self.pos = 0
+        self.word = word
         self.config = config
 
     def _segment(self, kind):
-        c = self.config
-        beat = c.beat_bytes
-        if self.pos + beat > self.end:
+        word = self.word
+        beat = self.config.beat_bytes
+        if self.pos + word > len(self.stream):
             raise ProgramFault(ErrorCode.PROGRAM_ERROR, "the parameter stream ran out")
-        hdr = isa.decode_segment_header(self.read(self.pos, 16))
+        hdr = isa.decode_segment_header(self.stream[self.pos:self.pos + 16])
         if hdr["magic"] != isa.SEGMENT_MAGIC or hdr["kind"] != kind:
             raise ProgramFault(ErrorCode.PROGRAM_ERROR,
                                f"expected a {kind.name} segment, found {hdr}")
-        payload = self.read(self.pos + beat, hdr["words"] * beat)
-        self.pos += beat + hdr["words"] * beat
-        return hdr, payload
+        if (hdr["words"] * beat) % word:
+            raise ProgramFault(ErrorCode.PROGRAM_ERROR,
+                               f"a segment of {hdr['words']} bus words does not fill whole "
+                               f"stream words")
+        start = self.pos + word
+        self.pos = start + hdr["words"] * beat
+        if self.pos > len(self.stream):
+            raise ProgramFault(ErrorCode.PROGRAM_ERROR, "the parameter stream ran out")
+        return hdr, self.stream[start:self.pos]
 
     def bias(self, n):
         a = self.config.compute.array

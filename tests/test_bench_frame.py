@@ -47,13 +47,16 @@ def test_breakdown_and_plot_on_verilator(tmp_path, capsys):
 
 
 def test_what_ifs(capsys):
-    """``--array`` rebuilds the configuration around another array; ``--stream-bytes`` sets
-    the analytic model's parameter-stream bandwidth (a starved stream slows the frame down, a
-    wider one never does)."""
+    """``--array`` rebuilds the configuration around another array; ``--stream-ports`` reads
+    the parameter stream through fewer ports (the `small` array is weight bound: one port
+    slows the frame, in the model and in simulation, and the frame stays bit-exact);
+    ``--stream-bytes`` sets the analytic model's parameter-stream bandwidth (a starved stream
+    slows the frame down, a wider one never does)."""
     runs = {}
     for name, extra in (("base", []), ("array", ["--array", "16x8"]),
                         ("stream", ["--stream-bytes", "64"]),
-                        ("starved", ["--stream-bytes", "1"])):
+                        ("starved", ["--stream-bytes", "1"]),
+                        ("one_port", ["--stream-ports", "1"])):
         code, out, err = _run(["--config", "micro", "--model-only", "--json", *extra], capsys)
         assert code == 0, err
         runs[name] = json.loads(out)
@@ -62,6 +65,15 @@ def test_what_ifs(capsys):
     assert runs["array"]["pe_utilization"] == round(
         runs["array"]["macs"] / (runs["array"]["cycles"] * 128), 4)
     assert runs["stream"]["cycles"] <= runs["base"]["cycles"] < runs["starved"]["cycles"]
+    assert runs["base"]["stream_ports"] == 2 and runs["one_port"]["stream_ports"] == 1
+    assert runs["base"]["cycles"] < runs["one_port"]["cycles"]
+    sims = {}
+    for name, extra in (("two", []), ("one", ["--stream-ports", "1"])):
+        code, out, err = _run(["--config", "micro", "--json", *extra], capsys)
+        assert code == 0, err
+        sims[name] = json.loads(out)
+    assert sims["two"]["bit_exact"] and sims["one"]["bit_exact"]
+    assert sims["two"]["cycles"] < sims["one"]["cycles"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -70,6 +82,8 @@ def test_what_ifs(capsys):
     (["--model-only", "--stream-bytes", "0"], "positive number"),
     (["--model-only", "--array", "16"], "ROWSxCOLS"),
     (["--model-only", "--array", "12x4"], "power of two"),
+    (["--model-only", "--stream-ports", "3"], "stream_ports"),
+    (["--model-only", "--stream-ports", "4"], "stream_ports"),
     (["--sample-every", "0"], "--sample-every must be a positive"),
     (["--task", "7"], "task"),
 ])

@@ -181,7 +181,8 @@ def test_micro_program_and_image():
     seg = cm.segments[1]
     assert seg["what"] == "patch_embed.weight"
     a = SMALL.compute.array
-    raw = cm.weights[seg["offset"] + 16:seg["offset"] + 16 + seg["n"] * a.rows * 2]
+    word = SMALL.beat_bytes * SMALL.stream_ports        # the header fills one stream word
+    raw = cm.pstream[seg["offset"] + word:seg["offset"] + word + seg["n"] * a.rows * 2]
     vals = np.frombuffer(raw, dtype="<i2").astype(np.int64)
     idx = SystolicOrder(a.rows, a.cols).weights(MICRO.dim, MICRO.patch_dim)
     w = np.zeros(MICRO.dim * MICRO.patch_dim, dtype=np.int64)

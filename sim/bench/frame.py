@@ -17,9 +17,9 @@ time it took: ``setup_seconds`` (elaboration, Verilog, the Verilator build or it
 ``sim_seconds`` (the frame itself) and ``sim_cycles_per_second``.
 
 What-ifs: ``--array RxC`` replaces the configuration's PE array (powers of two, as the MoE
-engine needs); ``--stream-bytes B`` (with ``--model-only``) lets the analytic model read the
-parameter stream at ``B`` bytes per cycle instead of the hardware's one bus word per cycle (its
-striped ports merge into one word stream).
+engine needs); ``--stream-ports S`` the number of ports the parameter stream reads at once (one
+bus word from each per cycle; both on any back end); ``--stream-bytes B`` (with ``--model-only``)
+lets the analytic model read the parameter stream at ``B`` bytes per cycle whatever the ports.
 
 ``--plot FILE.png`` (or ``--breakdown``) also samples the counters during the frame
 (:mod:`sim.frame_profile`) and reports ``per_block``: each block's cycles by category (dense
@@ -52,7 +52,9 @@ def add_arguments(parser):
                         help="what-if: replace the accelerator's PE array by rows x cols")
     parser.add_argument("--stream-bytes", type=float, default=None,
                         help="what-if with --model-only: parameter-stream bandwidth in bytes "
-                             "per cycle (default: the hardware's one bus word per cycle)")
+                             "per cycle (default: the hardware's, a bus word per stream port)")
+    parser.add_argument("--stream-ports", type=int, default=None,
+                        help="what-if: ports the parameter stream reads at once (1, 2 or 4)")
     parser.add_argument("--latency", type=int, default=100, help="DDR latency in cycles")
     parser.add_argument("--jitter", type=int, default=16, help="DDR latency jitter")
     parser.add_argument("--breakdown", action="store_true",
@@ -101,6 +103,8 @@ def run(args):
     accel = get_accel_config(args.accel or ("small" if cfg.name == "micro" else "zcu104"))
     if args.array is not None:
         accel = _with_array(accel, args.array)
+    if args.stream_ports is not None:
+        accel = accel.replace(stream_ports=args.stream_ports)
     if args.stream_bytes is not None and not (args.model_only and args.stream_bytes > 0):
         raise ValueError("--stream-bytes is a what-if of the analytic model: it needs "
                          "--model-only and a positive number of bytes per cycle")
@@ -116,7 +120,8 @@ def run(args):
                                                         else "zcu104"),
            "task": args.task, "backend": "model" if args.model_only else args.backend,
            "array": f"{accel.compute.array.rows}x{accel.compute.array.cols}",
-           "axi_ports": accel.axi_ports, "clock_mhz": accel.clock_mhz}
+           "axi_ports": accel.axi_ports, "stream_ports": accel.stream_ports,
+           "clock_mhz": accel.clock_mhz}
     t0 = time.time()
     if args.model_only:
         from sim.program_model import ProgramModel
