@@ -17,10 +17,11 @@ instructions' cycles; each instruction is modelled from the formulas of the bloc
     DDR latency plus the transfer: a STORE at one bus word per cycle, a LOAD at a bus word per
     cycle from each of its ``load_ports`` ports (at most one activation-buffer word per cycle).
 ``MOE``
-    routing (the router fetch, the logits product, the softmax and the reordering), then per used
-    expert the larger of the engine's compute time (:meth:`hdl.moe.layer.MoELayer.expert_cycles`)
-    and the DDR time of the next expert's weights (the DMA prefetches one expert ahead); the first
-    expert's weights are fetched after the routing.
+    routing (the router fetch, the logits product, the softmax and the reordering), then the used
+    experts in order: each expert's weights are fetched as soon as the DMA is free and a bank is
+    (the DMA prefetches one expert ahead), its products are fed while its weights arrive, and it
+    ends at the later of its compute time (:meth:`hdl.moe.layer.MoELayer.expert_cycles`) after
+    the previous expert and its fetch plus its combine.
 
 The *roofline* of a frame is ``max(compute-bound, DDR-bound)``: every product at the compute
 unit's formula plus the nonlinear units at their throughput, against every byte at the DDR's
@@ -177,12 +178,20 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             logits = cu.cycles(cfg.tokens, cfg.dim, cfg.num_experts)
             route = (latency + router / moe_bw + logits + cfg.tokens * mc.logit_words
                      + sm_lat + 2 * cfg.num_experts)
-            fetch = latency + expert / moe_bw
-            cyc = route + fetch
+            # Experts in order: job j's fetch starts when the DMA is free and its bank is
+            # (job j−2 released); its products are fed while its weights arrive, so it ends at
+            # the later of its own compute time and its fetch plus the combine and a pass.
+            fetch = expert / moe_bw
+            dma_free, ends = route, []
             for j, n in enumerate(layer_counts):
                 comp = moe_engine.expert_cycles(n)
-                nxt = fetch if j + 1 < len(layer_counts) else 0
-                cyc += max(comp, nxt)
+                s = max(dma_free, ends[j - 2] if j >= 2 else route)
+                fetched = s + fetch + (latency if j == 0 or s > dma_free else 0)
+                dma_free = fetched
+                start = ends[-1] if ends else route
+                tail = moe_engine.combine_cycles(n) + max(n, a.cols) + sm_lat
+                ends.append(max(start + comp, fetched + tail))
+            cyc = ends[-1]
             bound = moe_engine.compute_bound_cycles(layer_counts)
             add(op.name, cyc, bound, router + expert * len(layer_counts))
     est.by_opcode = by

@@ -26,7 +26,8 @@ def _image(lay, seed):
 
 def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, latency=20,
             jitter=8, bytes_per_cycle=None, compute_cycles=0, image_bytes=None, slverr=None,
-            check_data=True, sim_args=None, expect_error=False, start_twice=False):
+            check_data=True, sim_args=None, expect_error=False, start_twice=False,
+            stream_reads=False):
     dut = ExpertDMA(lay, ports=ports, read_words=read_words)
     image = _image(lay, seed)
     mem_size = BASE + (-(-lay.total_bytes // 4096) + 1) * 4096
@@ -40,7 +41,23 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
         checkers.append(AXI4Checker(bus, name=f"bus{p}"))
     wb = lay.word_bytes
     R = read_words
-    res = {"ready_cycle": [], "release_cycle": []}
+    res = {"ready_cycle": [], "release_cycle": [], "early_reads": 0}
+
+    async def stream_part(ctx, bank, part, nbytes):
+        # Each read as soon as rd_avail allows it, not when the part is complete.
+        words = []
+        nreads = -(-nbytes // (wb * R))
+        for a in range(nreads):
+            ctx.set(dut.rd_bank, bank)
+            ctx.set(dut.rd_part, part)
+            ctx.set(dut.rd_addr, a)
+            while not ctx.get(dut.rd_avail):
+                await ctx.tick()
+            if not ctx.get(dut.ready) >> part & 1:
+                res["early_reads"] += 1
+            await ctx.tick()
+            words.append(ctx.get(dut.rd_data).to_bytes(wb * R, "little"))
+        return b"".join(words)[:nbytes]
 
     async def read_part(ctx, bank, part, nbytes):
         words = []
@@ -91,6 +108,16 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
             assert await read_part(ctx, 0, ROUTER, nb) == image[off:off + nb]
         for i, e in enumerate(experts):
             ctx.set(dut.job, i)
+            if stream_reads:
+                for part in range(len(PARTS)):
+                    off = lay.part_offset(layer, e, PARTS[part])
+                    nb = lay.part_bytes(PARTS[part])
+                    got = await stream_part(ctx, i % 2, part, nb)
+                    assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
+                ctx.set(dut.release, 1)
+                await tick()
+                ctx.set(dut.release, 0)
+                continue
             for part in range(len(PARTS)):
                 ctx.set(dut.want_part, part)
                 ctx.set(dut.want, 1)
@@ -168,6 +195,18 @@ def test_prefetch_overlaps_compute(sim_args):
     # Only job 0 waited (its four parts); all later parts were ready when asked for.
     first_wait = res["ready_cycle"][0]
     assert res["stall"] <= first_wait + 4 * 2 * fetch
+
+
+@pytest.mark.parametrize("ports, read_words", [(1, 1), (2, 2), (4, 1)])
+def test_parts_stream_while_arriving(ports, read_words, sim_args):
+    """A consumer that reads each word as soon as ``rd_avail`` says it is there gets the
+    image's bytes (never a word of an earlier job in the reused bank, never an unwritten one)
+    and starts reading parts before they are complete."""
+    lay = ImageLayout(num_layers=1, num_experts=4, num_tasks=1, dim=16, hidden=64)
+    res = run_dma(lay, [0, 1, 2, 3], ports=ports, read_words=read_words, latency=30,
+                  stream_reads=True, seed=ports, sim_args=sim_args)
+    assert res["bytes"] == 4 * lay.bytes_for_expert()
+    assert res["early_reads"] > 0
 
 
 def test_bandwidth_bound(sim_args):

@@ -145,6 +145,9 @@ class ExpertDMA(wiring.Component):
         ``rd_part`` (``ROUTER`` = 4 for the router) of bank ``rd_bank``.
     rd_data : Out(read_words · data_width)
         The words read, one cycle after the request (first word in the low bits).
+    rd_avail : Out(1)
+        The words of the request (of job ``job``, or the router) are in the buffer: a consumer
+        may read a part while it is still arriving, as far as ``rd_avail`` says.
     bytes_fetched : Out(32)
         Expert weight bytes delivered since ``start``.
     router_bytes : Out(32)
@@ -203,6 +206,7 @@ class ExpertDMA(wiring.Component):
             "rd_part": In(range(len(PARTS) + 1)),
             "rd_addr": In(range(max(self.max_part_rwords, 2))),
             "rd_data": Out(read_words * layout.data_width),
+            "rd_avail": Out(1),
             "bytes_fetched": Out(32),
             "router_bytes": Out(32),
             "stall_cycles": Out(32),
@@ -362,6 +366,7 @@ class ExpertDMA(wiring.Component):
         bases = self.part_bases
         wjob = []            # per port: job being written
         wpart = []           # per port: part being written
+        wcounts = []         # per port: words of that part written
         rdone = []           # per port: router written
         mems = []
         words_in = []        # per port: a word was delivered this cycle (expert / router)
@@ -479,6 +484,7 @@ class ExpertDMA(wiring.Component):
             rd = Signal(name=f"rdone{p}")
             wjob.append(wj)
             wpart.append(wp)
+            wcounts.append(wcount)
             rdone.append(rd)
             word_e = Signal(name=f"word_e{p}")
             word_r = Signal(name=f"word_r{p}")
@@ -531,6 +537,33 @@ class ExpertDMA(wiring.Component):
             m.d.comb += self.ready[x].eq(Cat(*terms).all() & started if terms else started)
         rterms = [rdone[p] for p in range(P) if self._port_chunks(ROUTER, p)]
         m.d.comb += self.router_ready.eq(Cat(*rterms).all() & started)
+
+        # The words of the read at rd_addr of part rd_part of job `job`: all in the bank once its
+        # last word is (each port writes its words of a part in ascending order, and a read's
+        # words lie in one chunk). Bus word w of a part is fetched by port (w / cw) mod P, as
+        # word ((w / cw) div P)·cw + w mod cw of that port's share.
+        with m.Switch(self.rd_part):
+            for x in range(n_parts):
+                with m.Case(x):
+                    last = Signal(range(max(self._part_words(x), 2)), name=f"rd_last{x}")
+                    w = self.rd_addr * R + (R - 1)
+                    m.d.comb += last.eq(Mux(w >= self._part_words(x), self._part_words(x) - 1,
+                                            w))
+                    if P == 1:
+                        port, local = Const(0, 1), last
+                    else:
+                        chunk = last >> exact_log2(cw)
+                        port = chunk[:exact_log2(P)]
+                        local = ((chunk >> exact_log2(P)) << exact_log2(cw)) | last[:exact_log2(cw)]
+                    landed = []
+                    for p in range(P):
+                        landed.append(started & (
+                            (wjob[p] > self.job)
+                            | ((wjob[p] == self.job)
+                               & ((wpart[p] > x) | ((wpart[p] == x) & (wcounts[p] > local))))))
+                    m.d.comb += self.rd_avail.eq(Array(landed)[port] if P > 1 else landed[0])
+            with m.Case(ROUTER):
+                m.d.comb += self.rd_avail.eq(self.router_ready)
 
         # -- counters --------------------------------------------------------------------------
         n_e = sum(we.as_unsigned() for we, _ in words_in)

@@ -225,9 +225,9 @@ class _Feeder(wiring.Component):
     """Stream one or two parts of the DMA buffers into the compute unit's ``b`` and ``w``.
 
     ``go`` with ``mode`` starts: ``ROUTER`` (the router part to ``w``), ``FC1`` (``fc1_b`` to
-    ``b``, then ``fc1_w`` to ``w``) or ``FC2`` (``fc2_b``, ``fc2_w``), of job ``job``. Each part
-    is read only once the DMA reports it complete (``want``/``want_part`` say what is awaited);
-    reads go through a small queue with credits, so ``b``/``w`` back pressure never loses data.
+    ``b``, then ``fc1_w`` to ``w``) or ``FC2`` (``fc2_b``, ``fc2_w``), of job ``job``. Each read
+    is issued once the DMA reports its words in the buffer (``rd_avail``), so a part is fed while
+    it is still arriving (``want``/``want_part`` say what is awaited); reads go through a small queue with credits, so ``b``/``w`` back pressure never loses data.
     After a DMA error the parts are read without waiting (the data is garbage), so that the
     compute unit's command completes and the engine can report the error instead of hanging.
     ``abort`` stops the feed and drops what is queued (after a command the compute unit
@@ -254,8 +254,7 @@ class _Feeder(wiring.Component):
             "rd_part": Out(range(len(PARTS) + 1)),
             "rd_addr": Out(range(max(self._max_reads(), 2))),
             "rd_data": In(dma_rd),
-            "ready": In(len(PARTS)),
-            "router_ready": In(1),
+            "rd_avail": In(1),
             "error": In(1),
             "want": Out(1),
             "want_part": Out(range(len(PARTS))),
@@ -329,8 +328,9 @@ class _Feeder(wiring.Component):
                                 m.d.comb += [part.eq(pt), to_b.eq(tgt == "b"),
                                              n_reads.eq(reads), per.eq(pr),
                                              tail.eq(n_out - (reads - 1) * pr)]
-        part_ready = Mux(part == ROUTER, self.router_ready,
-                         Array(self.ready[i] for i in range(len(PARTS)))[part[:2]])
+        # A read may be issued once its words are in the buffer: a part is fed while it is
+        # still arriving (rd_avail is the router's readiness for the router).
+        part_ready = self.rd_avail
         credit = q.level + issued_q < self.QUEUE - 1
         issue = Signal()
         m.d.comb += [
@@ -415,7 +415,9 @@ class MoELayer(wiring.Component):
           COMBINE x[tokens of j] = saturate(x[tokens] + T)  (on chip, act format)
 
     The DMA fetches expert j+1 while expert j computes, each used expert's weights exactly once;
-    the weight buffers are the DMA's ping-pong banks. No phase waits on a count that a routing
+    the weight buffers are the DMA's ping-pong banks. FC1 and FC2 read their weights as they
+    arrive (each read waits only for its own words, ``ExpertDMA.rd_avail``), so the first
+    expert's products start with its first weights, not after its whole fetch. No phase waits on a count that a routing
     could make wrong: one expert receiving every token, experts with no token and tied scores
     only change how many rows and experts the loops run.
 
@@ -647,8 +649,7 @@ class MoELayer(wiring.Component):
             dma.rd_part.eq(fd.rd_part),
             dma.rd_addr.eq(fd.rd_addr),
             fd.rd_data.eq(dma.rd_data),
-            fd.ready.eq(dma.ready),
-            fd.router_ready.eq(dma.router_ready),
+            fd.rd_avail.eq(dma.rd_avail),
             fd.error.eq(dma.error),
             dma.want.eq(fd.want),
             dma.want_part.eq(fd.want_part),
