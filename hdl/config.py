@@ -17,9 +17,9 @@ register map (:attr:`AccelConfig.regmap`). Presets:
 
 Why 32 × 32 and not more PEs: the MoE layer engine (:mod:`hdl.moe.layer`) needs power-of-two
 array sides, so the next size up is 64 × 32 = 2048 DSP48E2, more than the XCZU7EV's 1728 (and
-48 × 32 would make the activation-buffer word 96 elements, which heads of 64 do not fill); even
-64 × 32 would wait for the parameter stream in dense layers (docs/accelerator.md, "Why not
-0.9 M cycles").
+48 × 32 would make the activation-buffer word 96 elements, which heads of 64 do not fill). The
+two-port parameter stream would keep a 64 × 32 array fed (docs/accelerator.md, "Why not 0.9 M
+cycles").
 """
 
 import dataclasses
