@@ -9,11 +9,12 @@ register map (:attr:`AccelConfig.regmap`). Presets:
 ``"zcu104"``
     The ZCU104 build: a 32 × 32 array (1024 DSP48E2 MACs), an 8192-word activation buffer that
     holds every token matrix of m3vit-tiny on chip, four 128-bit AXI masters (one per PS HP
-    port; the parameter stream reads ports 1 and 2 at once, 32 bytes per cycle), 300 MHz. The MoE engine is built for m3vit-tiny's MoE blocks.
+    port; the parameter stream reads ports 1 and 2 at once, 32 bytes per cycle), 300 MHz. The
+    MoE engine is built for m3vit-tiny's MoE blocks.
 ``"small"``
     A 16 × 4 array (tall, so that the patch embedding's few rows are not weight-load bound),
     maxima that cover the ``micro`` model, two AXI masters: a whole micro frame in the
-    pure-Python simulator (about 9000 cycles).
+    pure-Python simulator (about 7300 cycles).
 
 Why 32 × 32 and not more PEs: the MoE layer engine (:mod:`hdl.moe.layer`) needs power-of-two
 array sides, so the next size up is 64 × 32 = 2048 DSP48E2, more than the XCZU7EV's 1728 (and

@@ -7,8 +7,8 @@
     dense layers, attention and MoE layers share one compute unit and one activation buffer.
 :class:`ParamStream`
     Reads the parameter stream (:mod:`hdl.isa`) ahead of execution, one interleaved sub-stream
-    per AXI read manager, a bus word of each per cycle, and unpacks its segments into the weight, bias and LayerNorm-parameter
-    queues.
+    per AXI read manager, a bus word of each per cycle, and unpacks its segments into the weight,
+    bias and LayerNorm-parameter queues.
 :class:`RowEngine`
     Streams rows of the activation buffer through a row unit (LayerNorm or softmax) and writes
     the unit's rows back, sharing the buffer's one external port between reads and writes.
@@ -231,7 +231,7 @@ class ParamStream(wiring.Component):
             m.submodules[f"reader{j}"] = mst
             connect(m, flipped(getattr(self, f"bus{j}")), mst.bus)
 
-        # -- read commands: one per sub-stream ---------------------------------------------------
+        # -- read commands: one per sub-stream -------------------------------------------------
         sub_bytes = self.nbytes >> _log2(P)
         pending = Signal(P)
         base = Signal(self._aw)
@@ -248,7 +248,7 @@ class ParamStream(wiring.Component):
             with m.If(mst.cmd.valid & mst.cmd.ready):
                 m.d.sync += pending[j].eq(0)
 
-        # -- merge: one bus word of each sub-stream per cycle --------------------------------------
+        # -- merge: one bus word of each sub-stream per cycle ------------------------------------
         word = stream.Signature(sw).create(path=("pstream_word",))
         datas = [mst.data for mst in self._masters]
         m.d.comb += [

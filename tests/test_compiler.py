@@ -298,3 +298,23 @@ def test_config_validation():
     assert z.n_pes <= 1728 and z.axi_ports == 4 and z.axi_data_width == 128
     assert z.regmap["hw_clock_khz"].reset == 300_000
     assert math.gcd(z.lanes, 192) == z.lanes
+
+
+@pytest.mark.parametrize("ways", [1, 2, 4])
+def test_stream_interleave(ways):
+    """The parameter stream's DDR image: sub-stream j holds bus words j, j + ways, … one after
+    the other, and de-interleaving gives the stream back; lengths that are not whole stream
+    words are refused."""
+    rng = np.random.default_rng(ways)
+    beat = 16
+    raw = rng.integers(0, 256, size=5 * ways * beat, dtype=np.uint8).tobytes()
+    image = isa.interleave_stream(raw, ways, beat)
+    words = [raw[i * beat:(i + 1) * beat] for i in range(len(raw) // beat)]
+    size = len(raw) // ways
+    for j in range(ways):
+        assert image[j * size:(j + 1) * size] == b"".join(words[j::ways])
+    assert isa.deinterleave_stream(image, ways, beat) == raw
+    with pytest.raises(ValueError, match="whole number"):
+        isa.interleave_stream(raw[:-1], ways, beat)
+    with pytest.raises(ValueError, match="ways"):
+        isa.deinterleave_stream(raw, 0, beat)

@@ -153,7 +153,8 @@ class ExpertDMA(wiring.Component):
     router_bytes : Out(32)
         Router bytes delivered since ``start``.
     stall_cycles : Out(32)
-        Cycles since ``start`` with ``want`` high and the wanted part not ready.
+        Cycles since ``start`` with ``want`` high and the wanted part not ready (the consumer
+        waits for a word it needs).
     busy : Out(1)
         Reads are being issued or are outstanding.
     error : Out(1)
@@ -554,7 +555,8 @@ class ExpertDMA(wiring.Component):
                     else:
                         chunk = last >> exact_log2(cw)
                         port = chunk[:exact_log2(P)]
-                        local = ((chunk >> exact_log2(P)) << exact_log2(cw)) | last[:exact_log2(cw)]
+                        local = (((chunk >> exact_log2(P)) << exact_log2(cw))
+                                 | last[:exact_log2(cw)])
                     landed = []
                     for p in range(P):
                         landed.append(started & (

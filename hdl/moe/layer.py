@@ -227,11 +227,11 @@ class _Feeder(wiring.Component):
     ``go`` with ``mode`` starts: ``ROUTER`` (the router part to ``w``), ``FC1`` (``fc1_b`` to
     ``b``, then ``fc1_w`` to ``w``) or ``FC2`` (``fc2_b``, ``fc2_w``), of job ``job``. Each read
     is issued once the DMA reports its words in the buffer (``rd_avail``), so a part is fed while
-    it is still arriving (``want``/``want_part`` say what is awaited); reads go through a small queue with credits, so ``b``/``w`` back pressure never loses data.
-    After a DMA error the parts are read without waiting (the data is garbage), so that the
-    compute unit's command completes and the engine can report the error instead of hanging.
-    ``abort`` stops the feed and drops what is queued (after a command the compute unit
-    refused).
+    it is still arriving (``want``/``want_part`` say what is awaited); reads go through a small
+    queue with credits, so ``b``/``w`` back pressure never loses data. After a DMA error the
+    parts are read without waiting (the data is garbage), so that the compute unit's command
+    completes and the engine can report the error instead of hanging. ``abort`` stops the feed
+    and drops what is queued (after a command the compute unit refused).
     """
 
     ROUTER, FC1, FC2 = 0, 1, 2
@@ -417,9 +417,9 @@ class MoELayer(wiring.Component):
     The DMA fetches expert j+1 while expert j computes, each used expert's weights exactly once;
     the weight buffers are the DMA's ping-pong banks. FC1 and FC2 read their weights as they
     arrive (each read waits only for its own words, ``ExpertDMA.rd_avail``), so the first
-    expert's products start with its first weights, not after its whole fetch. No phase waits on a count that a routing
-    could make wrong: one expert receiving every token, experts with no token and tied scores
-    only change how many rows and experts the loops run.
+    expert's products start with its first weights, not after its whole fetch. No phase waits
+    on a count that a routing could make wrong: one expert receiving every token, experts with no
+    token and tied scores only change how many rows and experts the loops run.
 
     Errors: a task or layer out of range, or a weight image smaller than the layout (or
     misaligned), end the layer at once with ``status`` ``BAD_*`` and nothing fetched. An AXI

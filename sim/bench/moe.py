@@ -24,9 +24,10 @@ Figures
 ``experts_used``, ``tokens_per_expert``
     The routing (the reference's).
 ``stall_cycles``
-    Cycles the compute unit's weight feed waited for a part of an expert that the DMA had not
-    yet delivered: ``first_expert_wait_cycles`` before the first expert (its weights cannot be
-    fetched before the routing is known) plus ``stall_cycles_between_experts``.
+    Cycles the compute unit's weight feed waited for words of an expert that the DMA had not
+    yet delivered (it reads a part while it arrives, so some of these overlap the array working
+    on words already queued): ``first_expert_wait_cycles`` for the first expert (its weights
+    cannot be fetched before the routing is known) plus ``stall_cycles_between_experts``.
 ``compute_bound_cycles``
     The compute unit's cycle formula (:meth:`hdl.systolic.unit.ComputeUnit.cycles`) summed over
     the logits product and every used expert's fc1 and fc2.
