@@ -739,10 +739,16 @@ class LoadEngine(wiring.Component):
                     m.d.comb += grant[j].eq(
                         valids[j] & ~Cat(*(valids[e] for e in earlier)).any() if earlier
                         else valids[j])
+        # The granted piece's word (grant is one-hot; plain muxes keep the port's fields
+        # continuous assignments).
+        w_addr, w_data = waddrs[0], ups[0].o.payload
+        for j in range(1, P):
+            w_addr = Mux(grant[j], waddrs[j], w_addr)
+            w_data = Mux(grant[j], ups[j].o.payload, w_data)
+        m.d.comb += [self.ext.w_addr.eq(w_addr), self.ext.w_data.eq(w_data)]
         for j, up in enumerate(ups):
             m.d.comb += up.o.ready.eq(grant[j])
             with m.If(grant[j]):
-                m.d.comb += [self.ext.w_addr.eq(waddrs[j]), self.ext.w_data.eq(up.o.payload)]
                 m.d.sync += [waddrs[j].eq(waddrs[j] + 1), turn.eq((j + 1) % P)]
         m.d.comb += [
             self.ext.w_en.eq(grant.any()),

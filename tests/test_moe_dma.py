@@ -43,32 +43,21 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
     R = read_words
     res = {"ready_cycle": [], "release_cycle": [], "early_reads": 0}
 
-    async def stream_part(ctx, bank, part, nbytes):
-        # Each read as soon as rd_avail allows it, not when the part is complete.
+    async def read_part(ctx, bank, part, nbytes, *, stream=False):
+        # With `stream`, each read as soon as rd_avail allows it, not once the part is complete.
         words = []
         nreads = -(-nbytes // (wb * R))
         for a in range(nreads):
             ctx.set(dut.rd_bank, bank)
             ctx.set(dut.rd_part, part)
             ctx.set(dut.rd_addr, a)
-            while not ctx.get(dut.rd_avail):
-                await ctx.tick()
-            if not ctx.get(dut.ready) >> part & 1:
-                res["early_reads"] += 1
+            if stream:
+                while not ctx.get(dut.rd_avail):
+                    await ctx.tick()
+                if not ctx.get(dut.ready) >> part & 1:
+                    res["early_reads"] += 1
             await ctx.tick()
             words.append(ctx.get(dut.rd_data).to_bytes(wb * R, "little"))
-        return b"".join(words)[:nbytes]
-
-    async def read_part(ctx, bank, part, nbytes):
-        words = []
-        nreads = -(-nbytes // (wb * R))
-        for a in range(nreads):
-            ctx.set(dut.rd_bank, bank)
-            ctx.set(dut.rd_part, part)
-            ctx.set(dut.rd_addr, a)
-            await ctx.tick()
-            v = ctx.get(dut.rd_data)
-            words.append(v.to_bytes(wb * R, "little"))
         return b"".join(words)[:nbytes]
 
     async def tb(ctx):
@@ -112,7 +101,7 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
                 for part in range(len(PARTS)):
                     off = lay.part_offset(layer, e, PARTS[part])
                     nb = lay.part_bytes(PARTS[part])
-                    got = await stream_part(ctx, i % 2, part, nb)
+                    got = await read_part(ctx, i % 2, part, nb, stream=True)
                     assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
                 ctx.set(dut.release, 1)
                 await tick()
