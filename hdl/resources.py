@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from . import verilog
 
@@ -70,7 +71,8 @@ def summarize(cells):
 #: runs in 32-bit WebAssembly (4 GB at most), and the whole zcu104 accelerator (about 285,000
 #: lines) does not fit in one run. Yosys's time grows faster than the size of a part: the MoE
 #: engine with the softmax unit inside (58,500 lines) ran for more than 25 minutes as one part;
-#: cut apart at 50,000 lines, the whole zcu104 estimate takes about 20 minutes.
+#: cut apart at 50,000 lines, the whole zcu104 estimate takes 20-35 minutes, most of it the
+#: MoE engine's part (30 minutes on a slow day; its ExpertDMA alone synthesizes in 4).
 PART_LINES = 50_000
 
 _INSTANCE = re.compile(r"^\s+(\\\S+|[A-Za-z_][\w$]*)\s+(\\\S+|[A-Za-z_][\w$]*)\s*\($")
@@ -216,7 +218,8 @@ def estimate(elaboratable, *, name="top", ports=None, verilog_text=None, uram=Tr
 
     Returns a dict with the grouped counts (:func:`summarize`), ``cells`` (every Yosys cell type
     but the black boxes), ``part`` totals for the XCZU7EV, ``parts`` (how many parts) and
-    ``yosys_runs`` (parts that differ only in module names are synthesized once).
+    ``yosys_runs`` (parts that differ only in module names are synthesized once) and
+    ``part_seconds`` (each Yosys run's wall time, by the part's root module).
     """
     text = verilog_text if verilog_text is not None else \
         verilog.convert(elaboratable, name=name, ports=ports, emit_src=False)
@@ -236,14 +239,22 @@ def estimate(elaboratable, *, name="top", ports=None, verilog_text=None, uram=Tr
 
         def run(i):
             _, root, cuts = unique[i]
-            return _yosys_part(texts, tree, root, cuts, uram=uram, timeout=timeout,
-                               work=os.path.join(work, f"part{i}"))
+            t0 = time.monotonic()
+            cells = _yosys_part(texts, tree, root, cuts, uram=uram, timeout=timeout,
+                                work=os.path.join(work, f"part{i}"))
+            seconds[root] = round(time.monotonic() - t0, 1)
+            return cells
+        # The largest parts first: Yosys's time grows faster than a part's size, and a large
+        # part started last would run alone on the machine at the end.
+        order = sorted(range(len(unique)), key=lambda i: -len(unique[i][0][0]))
+        seconds = {}
         if len(unique) == 1 or jobs <= 1:
-            results = [run(i) for i in range(len(unique))]
+            done = {i: run(i) for i in order}
         else:
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(jobs) as pool:
-                results = list(pool.map(run, range(len(unique))))
+                done = dict(zip(order, pool.map(run, order)))
+        results = [done[i] for i in range(len(unique))]
     cells = {}
     for (key, _, _), part_cells in zip(unique, results):
         for cell, count in part_cells.items():
@@ -254,6 +265,7 @@ def estimate(elaboratable, *, name="top", ports=None, verilog_text=None, uram=Tr
     result["part"] = dict(XCZU7EV)
     result["parts"] = len(parts)
     result["yosys_runs"] = len(unique)
+    result["part_seconds"] = {root: seconds[root] for _, root, _ in unique}
     return result
 
 

@@ -531,6 +531,24 @@ def test_build_resource_estimate(tmp_path, capsys):
     assert result["seconds"] < time.monotonic() - t0 + 1
 
 
+def test_build_fails_when_the_estimate_does_not_fit(tmp_path, capsys, monkeypatch):
+    """A design over the fit limits is an error (exit status 1), after every file is written:
+    CI's build step is the default configuration's fit check."""
+    from hdl import resources
+    real = resources.estimate
+
+    def too_many_dsps(*args, **kwargs):
+        return dict(real(*args, **kwargs), DSP=1729)
+    monkeypatch.setattr(resources, "estimate", too_many_dsps)
+    code, _, err = run_main(["zcu104", "--build-dir", str(tmp_path), "--no-lint"], capsys)
+    assert code == 1
+    assert "error: the design does not fit the xczu7ev-ffvc1156-2-e by the estimate: " \
+           "DSP 1729 > 100% of 1728" in err
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == (EXPECTED_FILES | ESTIMATE_FILES) - {"lint.log"}
+    assert json.loads((tmp_path / "manifest.json").read_text())["fit"]["fits"] is False
+
+
 def test_fit_report_limits():
     part = {"LUT": 100, "FF": 100, "DSP": 10, "BRAM36": 10, "URAM": 10}
     ok = {"LUT": 80, "FF": 0, "DSP": 10, "BRAM36": 8, "URAM": 0}
@@ -692,7 +710,7 @@ def test_default_config_elaborates_and_lints(tmp_path, capsys):
     assert manifest["lint"]["passed"] is True, manifest["lint"]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.skipif(not _HAVE_TOP, reason="hdl/top.py and hdl/config.py do not exist yet")
 def test_default_config_fits_the_zcu104(tmp_path, capsys):
     code, _, err = run_main(["zcu104", "--build-dir", str(tmp_path)], capsys, resolver=None)

@@ -72,6 +72,10 @@ def test_estimate_in_parts_matches_one_run():
     assert one["yosys_runs"] == 1 and parts["parts"] == 7
     # The MACs differ only in their constant (MAC 0's compare is written as `!tag`).
     assert parts["yosys_runs"] == 3
+    # One wall time per Yosys run, by the part's root module (the top among them).
+    assert len(parts["part_seconds"]) == 3 and "row" in parts["part_seconds"]
+    assert list(one["part_seconds"]) == ["row"]
+    assert all(s > 0 for s in parts["part_seconds"].values())
     assert one["DSP"] == parts["DSP"] == 6
     for key in ("FF", "BRAM36", "URAM"):
         assert one[key] == parts[key], key

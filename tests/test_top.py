@@ -218,7 +218,7 @@ def test_micro_frame_verilator_agrees_cycle_for_cycle(micro):
     assert cycles[0] == cycles[1]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_m3vit_tiny_frames_verilator():
     """m3vit-tiny on the zcu104 configuration, both tasks back to back, through Verilator with
     the DDR model at ZCU104 figures: exact against the twin. (Tens of minutes: the Verilator
