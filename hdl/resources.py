@@ -238,26 +238,25 @@ def estimate(elaboratable, *, name="top", ports=None, verilog_text=None, uram=Tr
         work = keep_dir or tmp
 
         def run(i):
+            """One part's cell counts and its Yosys wall time."""
             _, root, cuts = unique[i]
             t0 = time.monotonic()
             cells = _yosys_part(texts, tree, root, cuts, uram=uram, timeout=timeout,
                                 work=os.path.join(work, f"part{i}"))
-            seconds[root] = round(time.monotonic() - t0, 1)
-            return cells
-        # The largest parts first: Yosys's time grows faster than a part's size, and a large
-        # part started last would run alone on the machine at the end.
-        order = sorted(range(len(unique)), key=lambda i: -len(unique[i][0][0]))
-        seconds = {}
+            return cells, round(time.monotonic() - t0, 1)
+        # The largest parts first (by canonical text): Yosys's time grows faster than a part's
+        # size, and a large part started last would run alone on the machine at the end.
+        order = sorted(range(len(unique)), key=lambda i: len(unique[i][0][0]), reverse=True)
         if len(unique) == 1 or jobs <= 1:
-            done = {i: run(i) for i in order}
+            timed = [run(i) for i in order]
         else:
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(jobs) as pool:
-                done = dict(zip(order, pool.map(run, order)))
-        results = [done[i] for i in range(len(unique))]
+                timed = list(pool.map(run, order))
+        by_part = dict(zip(order, timed))
     cells = {}
-    for (key, _, _), part_cells in zip(unique, results):
-        for cell, count in part_cells.items():
+    for i, (key, _, _) in enumerate(unique):
+        for cell, count in by_part[i][0].items():
             if cell not in tree:              # a black box: counted in its own part
                 cells[cell] = cells.get(cell, 0) + count * copies[key]
     result = summarize(cells)
@@ -265,7 +264,7 @@ def estimate(elaboratable, *, name="top", ports=None, verilog_text=None, uram=Tr
     result["part"] = dict(XCZU7EV)
     result["parts"] = len(parts)
     result["yosys_runs"] = len(unique)
-    result["part_seconds"] = {root: seconds[root] for _, root, _ in unique}
+    result["part_seconds"] = {root: by_part[i][1] for i, (_, root, _) in enumerate(unique)}
     return result
 
 
