@@ -5,7 +5,7 @@ Bit-exact with :func:`golden.qref.topk`: the ``k`` largest probabilities of each
 first, ties to the lowest expert index.
 """
 
-from amaranth.hdl import Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
@@ -53,17 +53,22 @@ class TopK(wiring.Component):
 
     A row arrives as ``ceil(E / lanes)`` beats on ``i``: beat ``b`` carries the probabilities of
     experts ``b·lanes .. b·lanes + lanes − 1``; lanes past ``E − 1`` in the last beat are
-    ignored. The unit keeps a sorted list of the ``k`` best (score, index) pairs and merges each
-    beat into it in one cycle::
+    ignored. Item ``a`` comes before item ``b`` when ``a.score > b.score``, or when the scores
+    are equal and ``a`` has the lower expert index (the golden tie rule).
 
-        items = list[0..k−1] ++ beat[0..lanes−1]      (list first: lower indices)
-        rank(i) = #{j : j before i}                  (a total order, see below)
-        list'[r] = the item of rank r, r < k
+    Each beat goes down a feed-forward pipeline, one beat a cycle, and is then merged into the
+    row's running list of its ``k`` best::
 
-    ``a`` comes before ``b`` when ``a.score > b.score``, or when the scores are equal and ``a``
-    has the lower expert index (the golden tie rule); items of the list always have lower indices
-    than items of the beat, and lane ``l`` a lower index than lane ``l + 1``. Ranks use
-    ``(k + lanes)²/2`` comparators; the merge is combinational into the list registers.
+        1  compare    lanes·(lanes − 1)/2 comparators: which lane of each pair comes first
+        2  rank       each lane's rank in its beat (a popcount), as one-hot selects of 0..k−1
+        3  select     the beat's k best, sorted, through AND-OR multiplexers
+        4  merge      the row so far (k, sorted, lower indices) with the beat's k (sorted):
+                      k² comparators, ranks, AND-OR multiplexers; into the list, or into ``o``
+                      on the row's last beat
+
+    Every stage is registered; with one beat per row (``E ≤ lanes``) there is no list and stage
+    3 writes ``o``. The only loop is the merge's, over ``2k`` items. Every stage holds while
+    ``o`` holds a routing its consumer has not taken.
 
     Parameters
     ----------
@@ -79,11 +84,11 @@ class TopK(wiring.Component):
     Members
     -------
     i : In(stream.Signature(probs_layout(lanes, score_width)))
-        Probability beats, rows back to back. Ready except on the last beat of a row while the
-        previous row's result still waits on ``o``.
+        Probability beats, rows back to back, one a cycle. Ready unless ``o`` holds a routing
+        that is not being taken.
     o : Out(stream.Signature(route_layout(num_experts, k, score_width)))
-        One routing per row, :attr:`latency` cycles after the row's last beat is transferred.
-        Respects back pressure; the payload is registered.
+        One routing per row, :attr:`latency` cycles after the row's last beat is transferred
+        (when ``o`` is not held up). Respects back pressure; the payload is registered.
     """
 
     def __init__(self, *, num_experts, k, lanes, score_width=16):
@@ -126,7 +131,14 @@ class TopK(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from the transfer of a row's last beat to its routing on ``o``."""
+        """Cycles from the transfer of a row's last beat to its routing on ``o``: 3 with one
+        beat per row, 4 with more (the merge)."""
+        return 3 if self.beats_per_row == 1 else 4
+
+    @property
+    def throughput(self):
+        """Beats accepted per cycle while ``o`` is taken: 1 (a row per ``beats_per_row``
+        cycles)."""
         return 1
 
     def elaborate(self, platform):
@@ -134,90 +146,148 @@ class TopK(wiring.Component):
         k, lanes, E = self._k, self._lanes, self._num_experts
         beats = self.beats_per_row
         idx_shape = unsigned(bits_for(E - 1))
+        lane_shape = unsigned(bits_for(lanes - 1))
         score_shape = signed(self._score_width)
-
-        beat = Signal(range(beats), name="beat")
-        last_beat = Signal()
-        m.d.comb += last_beat.eq(beat == beats - 1)
-
-        top_valid = [Signal(name=f"top_valid{r}") for r in range(k)]
-        top_score = [Signal(score_shape, name=f"top_score{r}") for r in range(k)]
-        top_idx = [Signal(idx_shape, name=f"top_idx{r}") for r in range(k)]
-
-        # Items: the list (k entries), then the beat's lanes.
         tail = E - (beats - 1) * lanes           # valid lanes of the last beat
-        items = []
-        for r in range(k):
-            items.append((top_valid[r], top_score[r], top_idx[r]))
-        for lane in range(lanes):
-            v = Signal(name=f"lane_valid{lane}")
-            if lane < tail:
-                m.d.comb += v.eq(1)
-            else:
-                m.d.comb += v.eq(~last_beat)
-            ix = Signal(idx_shape, name=f"lane_idx{lane}")
-            m.d.comb += ix.eq(beat * lanes + lane)
-            items.append((v, self.i.payload[lane], ix))
-        n = len(items)
 
-        def before(a, b):
-            """Whether item a (lower index than item b) comes before item b."""
-            va, sa, _ = items[a]
-            vb, sb, _ = items[b]
-            if a < k and b < k:
-                return Const(1, 1)      # the list is sorted, valid entries first
-            return (va & (~vb | (sa >= sb))) | (~va & ~vb)
-
-        prec = {}
-        for a in range(n):
-            for b in range(a + 1, n):
-                s = Signal(name=f"before_{a}_{b}")
-                m.d.comb += s.eq(before(a, b))
-                prec[a, b] = s
-
-        rank_bits = bits_for(n - 1)
-        ranks = []
-        for i in range(n):
-            terms = [prec[j, i] for j in range(i)] + [~prec[i, j] for j in range(i + 1, n)]
-            rk = Signal(rank_bits, name=f"rank{i}")
-            if terms:
-                m.d.comb += rk.eq(sum(t.as_unsigned() for t in terms))
-            ranks.append(rk)
-
-        new_valid = [Signal(name=f"new_valid{r}") for r in range(k)]
-        new_score = [Signal(score_shape, name=f"new_score{r}") for r in range(k)]
-        new_idx = [Signal(idx_shape, name=f"new_idx{r}") for r in range(k)]
-        for r in range(k):
-            for i, (v, s, ix) in enumerate(items):
-                # Ranks form a permutation, so exactly one item matches each slot.
-                with m.If(ranks[i] == r):
-                    m.d.comb += [new_valid[r].eq(v), new_score[r].eq(s), new_idx[r].eq(ix)]
-
-        accept = Signal()
+        # Every stage moves when o is free or being taken.
+        adv = Signal()
         m.d.comb += [
-            self.i.ready.eq(~last_beat | ~self.o.valid | self.o.ready),
-            accept.eq(self.i.valid & self.i.ready),
+            adv.eq(~self.o.valid | self.o.ready),
+            self.i.ready.eq(adv),
         ]
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(accept):
-            m.d.sync += beat.eq(0 if beats == 1 else beat + 1)
-            with m.If(last_beat):
-                m.d.sync += [
-                    beat.eq(0),
-                    self.o.valid.eq(1),
-                ]
+
+        def before(va, sa, vb, sb):
+            """Whether item a comes before item b, when a has the lower index: valid items
+            first, then the higher score (equal scores: a, the lower index)."""
+            return (va & (~vb | (sa >= sb))) | (~va & ~vb)
+
+        # Beat counter.
+        beat = Signal(range(beats), name="beat")
+        last_beat = Signal()
+        m.d.comb += last_beat.eq(beat == beats - 1)
+        with m.If(self.i.valid & adv):
+            m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
+
+        # Stage 1: the beat, its lane valids and the lane-pair comparisons.
+        a_valid, a_last = Signal(name="a_valid"), Signal(name="a_last")
+        a_beat = Signal(range(beats), name="a_beat")
+        a_lv = [Signal(name=f"a_lv{x}") for x in range(lanes)]
+        a_score = [Signal(score_shape, name=f"a_score{x}") for x in range(lanes)]
+        lane_valid = []
+        for x in range(lanes):
+            v = Signal(name=f"lane_valid{x}")
+            m.d.comb += v.eq(1 if x < tail else ~last_beat)
+            lane_valid.append(v)
+        a_prec = {}
+        with m.If(adv):
+            m.d.sync += [a_valid.eq(self.i.valid), a_last.eq(last_beat), a_beat.eq(beat)]
+            for x in range(lanes):
+                m.d.sync += [a_lv[x].eq(lane_valid[x]), a_score[x].eq(self.i.payload[x])]
+            for x in range(lanes):
+                for y in range(x + 1, lanes):
+                    p = a_prec[x, y] = Signal(name=f"a_prec{x}_{y}")
+                    m.d.sync += p.eq(before(lane_valid[x], self.i.payload[x],
+                                            lane_valid[y], self.i.payload[y]))
+
+        # Stage 2: each lane's rank in its beat, as one-hot selects of ranks 0..k-1.
+        b_valid, b_last = Signal(name="b_valid"), Signal(name="b_last")
+        b_beat = Signal(range(beats), name="b_beat")
+        b_lv = [Signal(name=f"b_lv{x}") for x in range(lanes)]
+        b_score = [Signal(score_shape, name=f"b_score{x}") for x in range(lanes)]
+        kk = min(k, lanes)                       # ranks a beat can fill
+        b_sel = [[Signal(name=f"b_sel{r}_{x}") for x in range(lanes)] for r in range(kk)]
+        with m.If(adv):
+            m.d.sync += [b_valid.eq(a_valid), b_last.eq(a_last), b_beat.eq(a_beat)]
+            for x in range(lanes):
+                m.d.sync += [b_lv[x].eq(a_lv[x]), b_score[x].eq(a_score[x])]
+                terms = ([a_prec[y, x] for y in range(x)]
+                         + [~a_prec[x, y] for y in range(x + 1, lanes)])
+                rank = Signal(range(lanes), name=f"rank{x}")
+                if terms:
+                    m.d.comb += rank.eq(sum(t.as_unsigned() for t in terms))
+                for r in range(kk):
+                    m.d.sync += b_sel[r][x].eq(rank == r)
+
+        # Stage 3: the beat's k best, sorted (one-hot AND-OR multiplexers).
+        sel_valid = [Signal(name=f"sel_valid{r}") for r in range(k)]
+        sel_score = [Signal(score_shape, name=f"sel_score{r}") for r in range(k)]
+        sel_idx = [Signal(idx_shape, name=f"sel_idx{r}") for r in range(k)]
+        for r in range(kk):
+            lane = Signal(lane_shape, name=f"sel_lane{r}")
+            m.d.comb += [
+                sel_valid[r].eq(_or(b_sel[r][x] & b_lv[x] for x in range(lanes))),
+                sel_score[r].eq(_or(Mux(b_sel[r][x], b_score[x], 0) for x in range(lanes))),
+                lane.eq(_or(Mux(b_sel[r][x], x, 0) for x in range(lanes))),
+                sel_idx[r].eq(b_beat * lanes + lane),
+            ]
+
+        if beats == 1:
+            with m.If(adv & b_valid):
+                m.d.sync += self.o.valid.eq(1)
                 for r in range(k):
-                    m.d.sync += [
-                        top_valid[r].eq(0),
-                        self.o.payload.idx[r].eq(new_idx[r]),
-                        self.o.payload.score[r].eq(new_score[r]),
-                    ]
+                    m.d.sync += [self.o.payload.idx[r].eq(sel_idx[r]),
+                                 self.o.payload.score[r].eq(sel_score[r])]
+            return m
+
+        c_valid, c_last = Signal(name="c_valid"), Signal(name="c_last")
+        c_items = [(Signal(name=f"c_valid{r}"), Signal(score_shape, name=f"c_score{r}"),
+                    Signal(idx_shape, name=f"c_idx{r}")) for r in range(k)]
+        with m.If(adv):
+            m.d.sync += [c_valid.eq(b_valid), c_last.eq(b_last)]
+            for r in range(k):
+                v, s, ix = c_items[r]
+                m.d.sync += [v.eq(sel_valid[r]), s.eq(sel_score[r]), ix.eq(sel_idx[r])]
+
+        # Stage 4: merge the row so far (lower indices: first on ties) with the beat's k best.
+        l_items = [(Signal(name=f"top_valid{r}"), Signal(score_shape, name=f"top_score{r}"),
+                    Signal(idx_shape, name=f"top_idx{r}")) for r in range(k)]
+        first = {}
+        for i_, (vl, sl, _) in enumerate(l_items):
+            for j, (vc, sc, _) in enumerate(c_items):
+                p = first[i_, j] = Signal(name=f"list_first{i_}_{j}")
+                m.d.comb += p.eq(before(vl, sl, vc, sc))
+        rank_shape = unsigned(bits_for(2 * k - 1))
+        items, ranks = [], []
+        for i_ in range(k):
+            rk = Signal(rank_shape, name=f"list_rank{i_}")
+            m.d.comb += rk.eq(i_ + sum((~first[i_, j]).as_unsigned() for j in range(k)))
+            items.append(l_items[i_])
+            ranks.append(rk)
+        for j in range(k):
+            rk = Signal(rank_shape, name=f"beat_rank{j}")
+            m.d.comb += rk.eq(j + sum(first[i_, j].as_unsigned() for i_ in range(k)))
+            items.append(c_items[j])
+            ranks.append(rk)
+        merged = []
+        for r in range(k):
+            hit = [rk == r for rk in ranks]
+            merged.append((
+                _or(h & v for h, (v, _, _) in zip(hit, items)),
+                _or(Mux(h, s, 0) for h, (_, s, _) in zip(hit, items)),
+                _or(Mux(h, ix, 0) for h, (_, _, ix) in zip(hit, items)),
+            ))
+        with m.If(adv & c_valid):
+            with m.If(c_last):
+                m.d.sync += self.o.valid.eq(1)
+                for r in range(k):
+                    _, s, ix = merged[r]
+                    m.d.sync += [l_items[r][0].eq(0),
+                                 self.o.payload.idx[r].eq(ix),
+                                 self.o.payload.score[r].eq(s)]
             with m.Else():
                 for r in range(k):
-                    m.d.sync += [
-                        top_valid[r].eq(new_valid[r]),
-                        top_score[r].eq(new_score[r]),
-                        top_idx[r].eq(new_idx[r]),
-                    ]
+                    for dst, src in zip(l_items[r], merged[r]):
+                        m.d.sync += dst.eq(src)
         return m
+
+
+def _or(values):
+    """The bitwise OR of ``values`` (at least one)."""
+    values = list(values)
+    out = values[0]
+    for v in values[1:]:
+        out = out | v
+    return out
