@@ -28,8 +28,11 @@ def test_model_only_micro(capsys):
     assert r["pe_utilization"] == round(r["macs"] / (r["cycles"] * 64), 4)
 
 
+@pytest.mark.slow
 def test_breakdown_and_plot_on_verilator(tmp_path, capsys):
-    """The per-block cycles add up to the frame's cycles; the chart is a PNG."""
+    """The per-block cycles add up to the frame's cycles; the chart is a PNG. (Slow: the
+    Verilator build of the `small` accelerator, which the slow run shares with
+    tests/test_top.py.)"""
     png = tmp_path / "frame.png"
     code, out, err = _run(["--config", "micro", "--backend", "verilator", "--task", "1",
                            "--plot", str(png), "--json"], capsys)
@@ -49,9 +52,8 @@ def test_breakdown_and_plot_on_verilator(tmp_path, capsys):
 def test_what_ifs(capsys):
     """``--array`` rebuilds the configuration around another array; ``--stream-ports`` reads
     the parameter stream through fewer ports (the `small` array is weight bound: one port
-    slows the frame, in the model and in simulation, and the frame stays bit-exact);
-    ``--stream-bytes`` sets the analytic model's parameter-stream bandwidth (a starved stream
-    slows the frame down, a wider one never does)."""
+    slows the modelled frame); ``--stream-bytes`` sets the analytic model's parameter-stream
+    bandwidth (a starved stream slows the frame down, a wider one never does)."""
     runs = {}
     for name, extra in (("base", []), ("array", ["--array", "16x8"]),
                         ("stream", ["--stream-bytes", "64"]),
@@ -67,6 +69,13 @@ def test_what_ifs(capsys):
     assert runs["stream"]["cycles"] <= runs["base"]["cycles"] < runs["starved"]["cycles"]
     assert runs["base"]["stream_ports"] == 2 and runs["one_port"]["stream_ports"] == 1
     assert runs["base"]["cycles"] < runs["one_port"]["cycles"]
+
+
+@pytest.mark.slow
+def test_one_stream_port_in_simulation(capsys):
+    """``--stream-ports 1`` in simulation: the `small` array's frame stays bit-exact and is
+    slower than on two ports, as the model says. (Slow: two micro frames in the pure-Python
+    simulator.)"""
     sims = {}
     for name, extra in (("two", []), ("one", ["--stream-ports", "1"])):
         code, out, err = _run(["--config", "micro", "--json", *extra], capsys)
