@@ -30,7 +30,12 @@ from dataclasses import dataclass, fields
 
 from .fixed import SQ, QFormat
 
-__all__ = ["Numerics", "DEFAULT_NUMERICS"]
+__all__ = ["Numerics", "DEFAULT_NUMERICS", "MANTISSA_FRAC"]
+
+#: Fractional bits of the mantissa that the reciprocal and rsqrt (the softmax's and the
+#: LayerNorm's) normalise their input to, in [1, 2) or [1, 4): fixed by the table-plus-Newton
+#: datapath, not a setting (:func:`golden.qref.reciprocal`, :func:`golden.qref.rsqrt`).
+MANTISSA_FRAC = 24
 
 # The matrix products of the model, as (X operand, W operand) formats.
 _PRODUCTS = (("pixel", "weight"), ("ln_out", "weight"), ("act", "weight"), ("hidden", "weight"),

@@ -28,16 +28,13 @@ import math
 import numpy as np
 
 from .fixed import QFormat, requantize, round_shift, saturate
-from .numerics import DEFAULT_NUMERICS
+from .numerics import DEFAULT_NUMERICS, MANTISSA_FRAC
 from . import tables
 
 __all__ = ["matmul_exact", "linear", "softmax", "softmax_detail", "softmax_scale_int",
            "exp2_neg", "gelu", "gelu_detail", "layernorm", "layernorm_stats", "rsqrt",
            "reciprocal", "route", "topk", "reorder"]
 
-# Mantissa precision (fractional bits) used when the reciprocal and rsqrt units normalise their
-# input into [1, 2) or [1, 4).
-MANTISSA_FRAC = 24
 
 
 def _check_fmt(name, fmt):

@@ -18,6 +18,8 @@ from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from ._checks import check_int
+
 __all__ = ["Burst", "Resp", "AXI4Signature", "AXI4LiteSignature"]
 
 
@@ -34,13 +36,6 @@ class Resp(enum.Enum, shape=2):
     EXOKAY = 1
     SLVERR = 2
     DECERR = 3
-
-
-def _check_int(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in the range {lo}..{hi}, not {value!r}")
 
 
 class AXI4Signature(wiring.Signature):
@@ -87,13 +82,13 @@ class AXI4Signature(wiring.Signature):
     DATA_WIDTHS = (32, 64, 128, 256, 512, 1024)
 
     def __init__(self, *, addr_width, data_width, id_width):
-        _check_int("addr_width", addr_width, 12, 64)
+        check_int("addr_width", addr_width, 12, 64)
         if isinstance(data_width, bool) or not isinstance(data_width, int):
             raise TypeError(f"data_width must be an integer, not {data_width!r}")
         if data_width not in self.DATA_WIDTHS:
             raise ValueError(f"data_width must be one of {', '.join(map(str, self.DATA_WIDTHS))}, "
                              f"not {data_width!r}")
-        _check_int("id_width", id_width, 1, 32)
+        check_int("id_width", id_width, 1, 32)
         self._addr_width = addr_width
         self._data_width = data_width
         self._id_width = id_width
@@ -205,7 +200,7 @@ class AXI4LiteSignature(wiring.Signature):
     DATA_WIDTHS = (32, 64)
 
     def __init__(self, *, addr_width, data_width):
-        _check_int("addr_width", addr_width, 1, 64)
+        check_int("addr_width", addr_width, 1, 64)
         if isinstance(data_width, bool) or not isinstance(data_width, int):
             raise TypeError(f"data_width must be an integer, not {data_width!r}")
         if data_width not in self.DATA_WIDTHS:

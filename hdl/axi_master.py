@@ -20,6 +20,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 from amaranth.utils import bits_for
 
+from ._checks import check_int
 from .axi import AXI4Signature, Burst, Resp
 from .stream_util import Queue
 
@@ -63,13 +64,6 @@ def read_data_layout(data_width):
     ``last`` is high on the final word of a command.
     """
     return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1)})
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 class _BurstSplitter(wiring.Component):
@@ -188,16 +182,16 @@ class _MasterBase(wiring.Component):
     def __init__(self, *, addr_width, data_width, id_width, max_burst_beats, max_outstanding,
                  fifo_depth):
         bus_sig = AXI4Signature(addr_width=addr_width, data_width=data_width, id_width=id_width)
-        _positive_int("max_burst_beats", max_burst_beats)
+        check_int("max_burst_beats", max_burst_beats)
         page_beats = _PAGE_BYTES // bus_sig.bytes_per_beat
         if max_burst_beats > min(256, page_beats):
             raise ValueError(f"max_burst_beats must be at most {min(256, page_beats)} (256 beats "
                              f"and one 4 KiB page of {bus_sig.bytes_per_beat}-byte beats), "
                              f"not {max_burst_beats!r}")
-        _positive_int("max_outstanding", max_outstanding)
+        check_int("max_outstanding", max_outstanding)
         if fifo_depth is None:
             fifo_depth = self._default_fifo_depth(max_burst_beats, max_outstanding)
-        _positive_int("fifo_depth", fifo_depth)
+        check_int("fifo_depth", fifo_depth)
         if fifo_depth < max_burst_beats:
             raise ValueError(f"fifo_depth must be at least max_burst_beats ({max_burst_beats}), "
                              f"not {fifo_depth!r}")

@@ -15,6 +15,7 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ._checks import check_int
 from .axi import AXI4Signature
 
 __all__ = ["AXIPortMux", "AXIPortMonitor"]
@@ -60,8 +61,7 @@ class AXIPortMux(wiring.Component):
 
     def __init__(self, n_read, *, write=False, addr_width, data_width, inner_id_width=1,
                  id_width):
-        if isinstance(n_read, bool) or not isinstance(n_read, int) or n_read < 1:
-            raise ValueError(f"n_read must be a positive integer, not {n_read!r}")
+        check_int("n_read", n_read)
         self._n = n_read
         self._sel_bits = max(n_read - 1, 1).bit_length() if n_read > 1 else 0
         if id_width < inner_id_width + self._sel_bits:

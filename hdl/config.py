@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from golden.config import ModelConfig, get_config
 
+from ._checks import check_int, check_pow2
 from .nonlin.config import LayerNormConfig, SoftmaxConfig
 from .regmap import DEFAULT_COUNTERS, accelerator_regmap
 from .systolic.config import ArrayConfig, ComputeConfig
@@ -44,19 +45,6 @@ COUNTERS = DEFAULT_COUNTERS + (
 )
 
 _DATA_WIDTHS = (64, 128, 256, 512)
-
-
-def _int(name, value, lo=1, hi=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
-        raise ValueError(f"{name} must be an integer in the range {rng}, not {value!r}")
-
-
-def _pow2(name, value):
-    if value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -134,43 +122,43 @@ class AccelConfig:
         if not isinstance(self.model, ModelConfig):
             raise TypeError(f"model must be a model name or a ModelConfig, not {self.model!r}")
         a = self.compute.array
-        _pow2("compute.array.rows", a.rows)
-        _pow2("compute.array.cols", a.cols)
+        check_pow2("compute.array.rows", a.rows)
+        check_pow2("compute.array.cols", a.cols)
         if a.elem_bits != 16:
             raise ValueError(f"the activation buffer's elements must be 16 bits wide (DDR "
                              f"copies move 16-bit elements), not {a.elem_bits}")
         if not self.compute.gelu:
             raise ValueError("the compute unit must have the GELU (ComputeConfig(gelu=True))")
-        _int("ln_lanes", self.ln_lanes, 4)
-        _pow2("ln_lanes", self.ln_lanes)
+        check_int("ln_lanes", self.ln_lanes, 4)
+        check_pow2("ln_lanes", self.ln_lanes)
         for name, default in (("ln_max_len", self.model.dim),
                               ("softmax_max_len", self.compute.max_m)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
-            _int(name, getattr(self, name))
-        _int("axi_ports", self.axi_ports, 1, 4)
+            check_int(name, getattr(self, name))
+        check_int("axi_ports", self.axi_ports, 1, 4)
         if self.stream_ports is None:
             others = self.axi_ports - 1 if self.axi_ports > 2 else self.axi_ports
             object.__setattr__(self, "stream_ports", 1 << (others.bit_length() - 1))
-        _int("stream_ports", self.stream_ports, 1, self.axi_ports)
-        _pow2("stream_ports", self.stream_ports)
+        check_int("stream_ports", self.stream_ports, 1, self.axi_ports)
+        check_pow2("stream_ports", self.stream_ports)
         if self.axi_data_width not in _DATA_WIDTHS:
             raise ValueError(f"axi_data_width must be one of "
                              f"{', '.join(map(str, _DATA_WIDTHS))}, not {self.axi_data_width!r}")
-        _int("axi_addr_width", self.axi_addr_width, 32, 64)
-        _int("axi_id_width", self.axi_id_width, 1, 32)
+        check_int("axi_addr_width", self.axi_addr_width, 32, 64)
+        check_int("axi_id_width", self.axi_id_width, 1, 32)
         if self.axi_id_width < 1 + self.port_masters_bits:
             raise ValueError(f"axi_id_width ({self.axi_id_width}) must be at least "
                              f"{1 + self.port_masters_bits}: {self.port_masters} read masters "
                              f"share port 0")
-        _int("ctrl_addr_width", self.ctrl_addr_width, 9, 32)
+        check_int("ctrl_addr_width", self.ctrl_addr_width, 9, 32)
         if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
                 or not self.clock_mhz > 0:
             raise ValueError(f"clock_mhz must be a positive number, not {self.clock_mhz!r}")
-        _int("max_burst_beats", self.max_burst_beats, 1, 256)
-        _int("max_outstanding", self.max_outstanding)
-        _int("weight_fifo_words", self.weight_fifo_words, 2)
-        _int("watchdog_cycles", self.watchdog_cycles, 1024)
+        check_int("max_burst_beats", self.max_burst_beats, 1, 256)
+        check_int("max_outstanding", self.max_outstanding)
+        check_int("weight_fifo_words", self.weight_fifo_words, 2)
+        check_int("watchdog_cycles", self.watchdog_cycles, 1024)
         L = a.buffer_lanes
         for name, lanes in (("the softmax", self.numerics.softmax_lanes),
                             ("the LayerNorm", self.ln_lanes)):

@@ -44,6 +44,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from ._checks import check_int
 from .axi import AXI4LiteSignature, Resp
 
 __all__ = ["Access", "Field", "Register", "RegisterMap", "RegisterPortSignature",
@@ -82,14 +83,6 @@ def _check_name(what, name):
                          f"with a letter; not a Python keyword), not {name!r}")
 
 
-def _check_int(name, value, lo, hi=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer in the range {rng}, not {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Field:
     """A bit field of a register.
@@ -126,7 +119,7 @@ class Field:
 
     def __post_init__(self):
         _check_name("Field", self.name)
-        _check_int(f"Field {self.name!r} width", self.width, 1, 64)
+        check_int(f"Field {self.name!r} width", self.width, 1, 64)
         try:
             access = Access(self.access)
         except ValueError:
@@ -134,12 +127,12 @@ class Field:
                              f"{', '.join(repr(a.value) for a in Access)}, "
                              f"not {self.access!r}") from None
         object.__setattr__(self, "access", access)
-        _check_int(f"Field {self.name!r} reset", self.reset, 0, (1 << self.width) - 1)
+        check_int(f"Field {self.name!r} reset", self.reset, 0, (1 << self.width) - 1)
         if access in (Access.R, Access.WPULSE) and self.reset != 0:
             raise ValueError(f"Field {self.name!r}: a {access.name} field has no reset value; "
                              f"reset must be 0, not {self.reset!r}")
         if self.offset is not None:
-            _check_int(f"Field {self.name!r} offset", self.offset, 0, 63)
+            check_int(f"Field {self.name!r} offset", self.offset, 0, 63)
         if not isinstance(self.doc, str):
             raise TypeError(f"Field {self.name!r} doc must be a string, not {self.doc!r}")
         if self.enum is not None:
@@ -196,7 +189,7 @@ class Register:
 
     def __init__(self, name, fields, doc="", *, width=32):
         _check_name("Register", name)
-        _check_int(f"Register {name!r} width", width, 8, 64)
+        check_int(f"Register {name!r} width", width, 8, 64)
         if not isinstance(doc, str):
             raise TypeError(f"Register {name!r} doc must be a string, not {doc!r}")
         placed = []
@@ -294,7 +287,7 @@ class RegisterMap:
     def __init__(self, *, data_width=32, addr_width=12, prefix="M3VIT", name="m3vit", doc=""):
         if data_width not in (32, 64):
             raise ValueError(f"data_width must be 32 or 64, not {data_width!r}")
-        _check_int("addr_width", addr_width, exact_log2(data_width // 8) + 1, 32)
+        check_int("addr_width", addr_width, exact_log2(data_width // 8) + 1, 32)
         if not isinstance(prefix, str) or not re.match(r"^[A-Z][A-Z0-9_]*$", prefix):
             raise ValueError(f"prefix must be an uppercase C identifier, not {prefix!r}")
         self._data_width = data_width
@@ -352,7 +345,7 @@ class RegisterMap:
         if offset is None:
             offset = -(-self._next // align) * align
         else:
-            _check_int(f"Register {reg.name!r} offset", offset, 0)
+            check_int(f"Register {reg.name!r} offset", offset, 0)
             if offset % align:
                 raise ValueError(f"Register {reg.name!r}: offset {offset:#x} is not aligned to "
                                  f"{align} bytes")
@@ -560,8 +553,8 @@ class RegisterPortSignature(wiring.Signature):
     """
 
     def __init__(self, *, addr_width, data_width):
-        _check_int("addr_width", addr_width, 1, 64)
-        _check_int("data_width", data_width, 8, 1024)
+        check_int("addr_width", addr_width, 1, 64)
+        check_int("data_width", data_width, 8, 1024)
         self._addr_width = addr_width
         self._data_width = data_width
         super().__init__({

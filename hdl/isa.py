@@ -74,6 +74,8 @@ import enum as py_enum
 import numpy as np
 from amaranth.lib import data
 
+from ._checks import check_int
+
 __all__ = ["MAGIC", "VERSION", "SEGMENT_MAGIC", "INSTR_BITS", "INSTR_BYTES", "HEADER_BYTES",
            "Opcode", "Base", "Segment", "MatmulFlags", "header_layout", "instr_layout",
            "segment_layout", "encode", "decode", "encode_header", "decode_header",
@@ -295,9 +297,8 @@ def decode_segment_header(raw):
 
 
 def _check_stream(raw, ways, beat_bytes):
-    for name, v in (("ways", ways), ("beat_bytes", beat_bytes)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, not {v!r}")
+    check_int("ways", ways)
+    check_int("beat_bytes", beat_bytes)
     raw = bytes(raw)
     if len(raw) % (ways * beat_bytes):
         raise ValueError(f"a stream of {len(raw)} bytes is not a whole number of "

@@ -26,6 +26,7 @@ Software protocol (what :mod:`hdl.top` implements behind these registers):
 
 from amaranth.lib import enum
 
+from ._checks import check_int
 from .csr import Field, Register, RegisterMap
 
 __all__ = ["ACCEL_ID", "REGMAP_VERSION", "ErrorCode", "ERROR_CODE_DOCS", "DEFAULT_COUNTERS",
@@ -144,10 +145,7 @@ def accelerator_regmap(*, axi_ports, counters=DEFAULT_COUNTERS, array_rows=0, ar
     -------
     RegisterMap
     """
-    if isinstance(axi_ports, bool) or not isinstance(axi_ports, int):
-        raise TypeError(f"axi_ports must be an integer, not {axi_ports!r}")
-    if not 1 <= axi_ports <= 15:
-        raise ValueError(f"axi_ports must be an integer in the range 1..15, not {axi_ports!r}")
+    check_int("axi_ports", axi_ports, 1, 15)
     if axi_data_width not in (32, 64, 128, 256, 512, 1024):
         raise ValueError(f"axi_data_width must be one of 32, 64, 128, 256, 512, 1024, "
                          f"not {axi_data_width!r}")

@@ -5,6 +5,8 @@ from amaranth.hdl import Module, Shape
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ._checks import check_int
+
 __all__ = ["Queue"]
 
 
@@ -44,10 +46,7 @@ class Queue(wiring.Component):
             width = Shape.cast(shape).width
         except TypeError as e:
             raise TypeError(f"shape must be a shape-like object, not {shape!r}") from e
-        if isinstance(depth, bool) or not isinstance(depth, int):
-            raise TypeError(f"depth must be a positive integer, not {depth!r}")
-        if depth <= 0:
-            raise ValueError(f"depth must be a positive integer, not {depth!r}")
+        check_int("depth", depth)
         if not isinstance(buffered, bool):
             raise TypeError(f"buffered must be a bool, not {buffered!r}")
         self._shape = shape

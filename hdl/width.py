@@ -10,16 +10,30 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ._checks import check_int
+
 __all__ = ["Unpacker", "Packer", "words_for"]
 
 
-def _check(in_width, out_width):
-    for name, v in (("in_width", in_width), ("out_width", out_width)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, not {v!r}")
-    big, small = max(in_width, out_width), min(in_width, out_width)
-    if big % small or (big // small) & (big // small - 1):
-        raise ValueError(f"widths {in_width} and {out_width} must differ by a power of two")
+class _Converter(wiring.Component):
+    """The ports and checks that :class:`Unpacker` and :class:`Packer` share."""
+
+    def __init__(self, in_width, out_width, max_count):
+        check_int("in_width", in_width)
+        check_int("out_width", out_width)
+        check_int("max_count", max_count)
+        big, small = max(in_width, out_width), min(in_width, out_width)
+        if big % small or (big // small) & (big // small - 1):
+            raise ValueError(f"widths {in_width} and {out_width} must differ by a power of two")
+        self._in, self._out = in_width, out_width
+        self._max = max_count
+        super().__init__({
+            "i": In(stream.Signature(in_width)),
+            "o": Out(stream.Signature(out_width)),
+            "start": In(1),
+            "count": In(range(max_count + 1)),
+            "busy": Out(1),
+        })
 
 
 def words_for(count, in_width, out_width):
@@ -30,7 +44,7 @@ def words_for(count, in_width, out_width):
     return -(-count // r)
 
 
-class Unpacker(wiring.Component):
+class Unpacker(_Converter):
     """Turn a stream of ``in_width``-bit words into exactly ``count`` ``out_width``-bit words.
 
     ``start`` (a pulse while idle) loads ``count``; then the unit emits ``count`` words and
@@ -49,18 +63,6 @@ class Unpacker(wiring.Component):
     busy : Out(1)
         Output words remain.
     """
-
-    def __init__(self, in_width, out_width, max_count):
-        _check(in_width, out_width)
-        self._in, self._out = in_width, out_width
-        self._max = max_count
-        super().__init__({
-            "i": In(stream.Signature(in_width)),
-            "o": Out(stream.Signature(out_width)),
-            "start": In(1),
-            "count": In(range(max_count + 1)),
-            "busy": Out(1),
-        })
 
     def elaborate(self, platform):
         m = Module()
@@ -108,7 +110,7 @@ class Unpacker(wiring.Component):
         return m
 
 
-class Packer(wiring.Component):
+class Packer(_Converter):
     """Turn ``count`` ``in_width``-bit words into ``out_width``-bit words.
 
     The mirror of :class:`Unpacker`: with a wider output, ``out/in`` input words make one output
@@ -125,18 +127,6 @@ class Packer(wiring.Component):
     busy : Out(1)
         Input words remain to be packed or an output word waits.
     """
-
-    def __init__(self, in_width, out_width, max_count):
-        _check(in_width, out_width)
-        self._in, self._out = in_width, out_width
-        self._max = max_count
-        super().__init__({
-            "i": In(stream.Signature(in_width)),
-            "o": Out(stream.Signature(out_width)),
-            "start": In(1),
-            "count": In(range(max_count + 1)),
-            "busy": Out(1),
-        })
 
     def elaborate(self, platform):
         m = Module()

@@ -133,7 +133,7 @@ def test_axi4_lite_signature_members():
     (AXI4Signature, dict(addr_width=11, data_width=32, id_width=1), ValueError,
      r"addr_width must be an integer in the range 12\.\.64, not 11"),
     (AXI4Signature, dict(addr_width="32", data_width=32, id_width=1), TypeError,
-     r"addr_width must be an integer, not '32'"),
+     r"addr_width must be an integer in the range 12\.\.64, not '32'"),
     (AXI4Signature, dict(addr_width=32, data_width=16, id_width=1), ValueError,
      r"data_width must be one of 32, 64, 128, 256, 512, 1024, not 16"),
     (AXI4Signature, dict(addr_width=32, data_width=96, id_width=1), ValueError,

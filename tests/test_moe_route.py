@@ -191,7 +191,7 @@ def test_bad_shapes(E, k):
 
 
 def test_bad_types():
-    with pytest.raises(TypeError, match=r"k must be a positive integer, not 2\.0"):
+    with pytest.raises(TypeError, match=r"k must be an integer in the range 1\.\.4, not 2\.0"):
         TopK(num_experts=4, k=2.0, lanes=8)
     with pytest.raises(TypeError, match=r"tokens must be a positive integer"):
         Reorder(num_experts=4, k=2, tokens="9")

@@ -41,8 +41,8 @@ def test_array_config_defaults_from_numerics():
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(rows=0, cols=4), ValueError, r"rows must be a positive integer, not 0"),
     (dict(rows=4, cols=-2), ValueError, r"cols must be a positive integer, not -2"),
-    (dict(rows=2.5, cols=4), TypeError, r"rows must be an integer, not 2\.5"),
-    (dict(rows=True, cols=4), TypeError, r"rows must be an integer"),
+    (dict(rows=2.5, cols=4), TypeError, r"rows must be a positive integer, not 2\.5"),
+    (dict(rows=True, cols=4), TypeError, r"rows must be a positive integer, not True"),
     (dict(rows=4, cols=4, a_bits=28), ValueError, r"a_bits \(28\) is wider than a DSP48E2"),
     (dict(rows=4, cols=4, w_bits=19), ValueError, r"w_bits \(19\) is wider than a DSP48E2"),
     (dict(rows=4, cols=4, acc_bits=49), ValueError, r"wider than a DSP48E2's 48-bit"),
@@ -60,7 +60,7 @@ def test_array_config_refuses(kwargs, exc, match):
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(max_m=0), ValueError, r"max_m must be a positive integer, not 0"),
     (dict(max_k=-5), ValueError, r"max_k must be a positive integer, not -5"),
-    (dict(max_n=1.0), TypeError, r"max_n must be an integer"),
+    (dict(max_n=1.0), TypeError, r"max_n must be a positive integer, not 1\.0"),
     (dict(max_k=(1 << 16) + 1), ValueError, r"max_k \(65537\) is above 65536"),
     (dict(abuf_depth=0), ValueError, r"abuf_depth must be a positive integer"),
     (dict(gelu=1), TypeError, r"gelu must be a bool"),

@@ -12,22 +12,17 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, exact_log2
 
+from .._checks import check_int, check_pow2
 from ..axi import AXI4Signature
 from ..axi_master import AXI4ReadMaster
 from .layout import PARTS, ImageLayout
-from .topk import _positive_int
+
 
 __all__ = ["ExpertDMA", "ROUTER", "choose_ports"]
 
 #: Part number of the router region in :class:`ExpertDMA`'s read port (expert parts are
 #: numbered 0..3 in :data:`hdl.moe.layout.PARTS` order).
 ROUTER = len(PARTS)
-
-
-def _pow2(name, value):
-    _positive_int(name, value)
-    if value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, not {value!r}")
 
 
 def choose_ports(weight_bytes_per_cycle, port_bytes_per_cycle, max_ports=4):
@@ -167,15 +162,15 @@ class ExpertDMA(wiring.Component):
                  read_words=1, chunk_words=None):
         if not isinstance(layout, ImageLayout):
             raise TypeError(f"layout must be an ImageLayout, not {layout!r}")
-        _pow2("ports", ports)
+        check_pow2("ports", ports)
         if ports > 4:
             raise ValueError(f"ports must be 1, 2 or 4, not {ports!r}")
-        _pow2("max_burst_beats", max_burst_beats)
-        _positive_int("max_outstanding", max_outstanding)
-        _pow2("read_words", read_words)
+        check_pow2("max_burst_beats", max_burst_beats)
+        check_int("max_outstanding", max_outstanding)
+        check_pow2("read_words", read_words)
         if chunk_words is None:
             chunk_words = max_burst_beats
-        _pow2("chunk_words", chunk_words)
+        check_pow2("chunk_words", chunk_words)
         if read_words > chunk_words:
             raise ValueError(f"read_words ({read_words}) must not exceed chunk_words "
                              f"({chunk_words})")

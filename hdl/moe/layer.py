@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 
 from golden.config import ModelConfig
 
+from .._checks import check_int, check_pow2
 from ..axi import AXI4Signature
 from ..nonlin.config import SoftmaxConfig
 from ..nonlin.softmax import Softmax
@@ -26,7 +27,7 @@ from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature
 from .dma import ROUTER, ExpertDMA, choose_ports
 from .layout import PARTS, ImageLayout, SystolicOrder
 from .reorder import Reorder, expert_entry_layout
-from .topk import TopK, _positive_int, check_moe_shape
+from .topk import TopK, check_moe_shape
 
 __all__ = ["Status", "MoELayerConfig", "MoELayer"]
 
@@ -46,12 +47,6 @@ class Status(enum.Enum, shape=unsigned(3)):
     DMA_ERROR = 4
     #: The compute unit refused a command: ``x`` is not valid.
     CU_ERROR = 5
-
-
-def _pow2(name, value):
-    _positive_int(name, value)
-    if value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -109,12 +104,12 @@ class MoELayerConfig:
     def __post_init__(self):
         check_moe_shape(self.num_experts, self.k)
         for name in ("tokens", "dim", "hidden", "num_tasks", "num_layers"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if not isinstance(self.compute, ComputeConfig):
             raise TypeError(f"compute must be a ComputeConfig, not {self.compute!r}")
         a = self.compute.array
-        _pow2("compute.array.rows", a.rows)
-        _pow2("compute.array.cols", a.cols)
+        check_pow2("compute.array.rows", a.rows)
+        check_pow2("compute.array.cols", a.cols)
         if not self.compute.gelu:
             raise ValueError("the compute unit must have the GELU (ComputeConfig(gelu=True))")
         c = self.compute
@@ -131,7 +126,7 @@ class MoELayerConfig:
         if self.ports is None:
             object.__setattr__(self, "ports", choose_ports(self.weight_bytes_per_cycle,
                                                            self.port_bytes))
-        _pow2("ports", self.ports)
+        check_pow2("ports", self.ports)
         if self.ports > 4:
             raise ValueError(f"ports must be 1, 2 or 4, not {self.ports!r}")
         # Validates data_width and everything else of the image.

@@ -64,6 +64,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._checks import check_int, check_pow2
+
 __all__ = ["WeightOrder", "RowMajorOrder", "SystolicOrder", "ImageLayout", "ImageIndex",
            "layout_for", "pack", "unpack", "PARTS", "WEIGHT_BYTES", "BIAS_BYTES"]
 
@@ -75,13 +77,6 @@ WEIGHT_BYTES = 2
 BIAS_BYTES = 4
 
 _DATA_WIDTHS = (32, 64, 128, 256, 512, 1024)
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 def _round_up(value, align):
@@ -141,8 +136,8 @@ class SystolicOrder(WeightOrder):
     name = "systolic"
 
     def __init__(self, rows, cols):
-        _positive_int("rows", rows)
-        _positive_int("cols", cols)
+        check_int("rows", rows)
+        check_int("cols", cols)
         self.rows = rows
         self.cols = cols
 
@@ -204,7 +199,7 @@ class ImageLayout:
     def __post_init__(self):
         for name in ("num_layers", "num_experts", "num_tasks", "dim", "hidden", "part_align",
                      "expert_align"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if isinstance(self.data_width, bool) or not isinstance(self.data_width, int):
             raise TypeError(f"data_width must be an integer, not {self.data_width!r}")
         if self.data_width not in _DATA_WIDTHS:
@@ -213,9 +208,7 @@ class ImageLayout:
         if not isinstance(self.order, WeightOrder):
             raise TypeError(f"order must be a WeightOrder, not {self.order!r}")
         for name in ("part_align", "expert_align"):
-            v = getattr(self, name)
-            if v & (v - 1):
-                raise ValueError(f"{name} must be a power of two, not {v!r}")
+            check_pow2(name, getattr(self, name))
         if self.part_align % self.word_bytes:
             raise ValueError(f"part_align ({self.part_align}) must be a multiple of the bus word "
                              f"({self.word_bytes} bytes)")

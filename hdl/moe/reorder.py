@@ -12,7 +12,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from .topk import _positive_int, check_moe_shape, route_layout
+from .._checks import check_int
+from .topk import check_moe_shape, route_layout
 
 __all__ = ["Reorder", "expert_entry_layout", "list_entry_layout"]
 
@@ -97,8 +98,8 @@ class Reorder(wiring.Component):
 
     def __init__(self, *, num_experts, k, tokens, score_width=16):
         check_moe_shape(num_experts, k)
-        _positive_int("tokens", tokens)
-        _positive_int("score_width", score_width)
+        check_int("tokens", tokens)
+        check_int("score_width", score_width)
         self._num_experts = num_experts
         self._k = k
         self._tokens = tokens

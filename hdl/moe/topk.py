@@ -10,20 +10,14 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from .._checks import check_int
+
 __all__ = ["TopK", "probs_layout", "route_layout", "MAX_EXPERTS", "MAX_K"]
 
 #: Largest expert count the MoE blocks support.
 MAX_EXPERTS = 64
 #: Largest top-k the MoE blocks support.
 MAX_K = 4
-
-
-def _positive_int(name, value, hi=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    if value <= 0 or (hi is not None and value > hi):
-        rng = "a positive integer" if hi is None else f"an integer in the range 1..{hi}"
-        raise ValueError(f"{name} must be {rng}, not {value!r}")
 
 
 def probs_layout(lanes, score_width=16):
@@ -42,8 +36,8 @@ def route_layout(num_experts, k, score_width=16):
 
 def check_moe_shape(num_experts, k):
     """Raise unless ``1 ≤ k ≤ num_experts ≤ MAX_EXPERTS`` and ``k ≤ MAX_K``."""
-    _positive_int("num_experts", num_experts, MAX_EXPERTS)
-    _positive_int("k", k, MAX_K)
+    check_int("num_experts", num_experts, 1, MAX_EXPERTS)
+    check_int("k", k, 1, MAX_K)
     if k > num_experts:
         raise ValueError(f"k ({k}) must not exceed the number of experts ({num_experts})")
 
@@ -93,8 +87,8 @@ class TopK(wiring.Component):
 
     def __init__(self, *, num_experts, k, lanes, score_width=16):
         check_moe_shape(num_experts, k)
-        _positive_int("lanes", lanes)
-        _positive_int("score_width", score_width)
+        check_int("lanes", lanes)
+        check_int("score_width", score_width)
         self._num_experts = num_experts
         self._k = k
         self._lanes = lanes

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 
 from golden import tables
 from golden.fixed import QFormat
-from golden.numerics import DEFAULT_NUMERICS, Numerics
+from golden.numerics import DEFAULT_NUMERICS, MANTISSA_FRAC, Numerics
 
-__all__ = ["MANTISSA_FRAC", "GeluConfig", "SoftmaxConfig", "LayerNormConfig"]
+from .._checks import check_int
 
-#: Fractional bits of the mantissa that the reciprocal and rsqrt units normalise their input to.
-#: It is ``golden.qref.MANTISSA_FRAC``; ``hdl/`` may not import :mod:`golden.qref`, so the tests
-#: assert that the two agree.
-MANTISSA_FRAC = 24
+__all__ = ["GeluConfig", "SoftmaxConfig", "LayerNormConfig"]
+
 
 #: Words the default row buffers add to two rows: a word waits about this many cycles between a
 #: row's last input beat and its second read (the units' ``row_overhead`` is below it).
@@ -31,13 +29,6 @@ ROW_SLACK_WORDS = 32
 #: The DSP48E2 multiplier is 27 × 18 (two's complement): 26 × 17 bits unsigned.
 DSP_A_BITS = 27
 DSP_B_BITS = 18
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 def _numerics(value):
@@ -109,7 +100,7 @@ class GeluConfig:
         if self.fmt is None:
             object.__setattr__(self, "fmt", self.numerics.hidden)
         _signed_format("fmt", self.fmt)
-        _positive_int("lanes", self.lanes)
+        check_int("lanes", self.lanes)
         if self.fmt.f_bits < self.numerics.gelu_step_bits:
             raise ValueError(f"GELU format {self.fmt} is coarser than the table step "
                              f"2**-{self.numerics.gelu_step_bits}: the table cannot be indexed")
@@ -193,12 +184,12 @@ class SoftmaxConfig:
         nx = self.numerics
         if self.lanes is None:
             object.__setattr__(self, "lanes", nx.softmax_lanes)
-        _positive_int("lanes", self.lanes)
+        check_int("lanes", self.lanes)
         if self.lanes != nx.softmax_lanes:
             raise ValueError(f"lanes ({self.lanes}) must equal numerics.softmax_lanes "
                              f"({nx.softmax_lanes}): the running sum is rescaled once per group "
                              f"of that many elements, so the lane count is part of the numerics")
-        _positive_int("max_len", self.max_len)
+        check_int("max_len", self.max_len)
         if self.max_len > self.MAX_LEN_LIMIT:
             raise ValueError(f"max_len ({self.max_len}) is above the supported maximum row "
                              f"length {self.MAX_LEN_LIMIT}")
@@ -216,19 +207,19 @@ class SoftmaxConfig:
             raise ValueError(f"in_formats must not repeat a format: {self.in_formats}")
         if self.scale_bits is None:
             object.__setattr__(self, "scale_bits", nx.softmax_scale_frac + 2)
-        _positive_int("scale_bits", self.scale_bits)
+        check_int("scale_bits", self.scale_bits)
         if self.scale_bits > DSP_A_BITS - 1:
             raise ValueError(f"scale_bits ({self.scale_bits}) must be at most {DSP_A_BITS - 1} "
                              f"(unsigned on the DSP48E2's {DSP_A_BITS}-bit port)")
         if self.buffer_words is None:
             object.__setattr__(self, "buffer_words",
                                _pow2_at_least(2 * self.max_groups + ROW_SLACK_WORDS))
-        _positive_int("buffer_words", self.buffer_words)
+        check_int("buffer_words", self.buffer_words)
         if self.buffer_words < self.max_groups:
             raise ValueError(f"buffer_words ({self.buffer_words}) must hold a whole row of "
                              f"max_len = {self.max_len} elements ({self.max_groups} words of "
                              f"{self.lanes})")
-        _positive_int("max_rows", self.max_rows)
+        check_int("max_rows", self.max_rows)
         if nx.recip_table_bits > MANTISSA_FRAC:
             raise ValueError(f"recip_table_bits ({nx.recip_table_bits}) must be at most the "
                              f"mantissa precision {MANTISSA_FRAC}")
@@ -409,8 +400,8 @@ class LayerNormConfig:
     def __post_init__(self):
         _numerics(self.numerics)
         nx = self.numerics
-        _positive_int("lanes", self.lanes)
-        _positive_int("max_len", self.max_len)
+        check_int("lanes", self.lanes)
+        check_int("max_len", self.max_len)
         if self.max_len > self.MAX_LEN_LIMIT:
             raise ValueError(f"max_len ({self.max_len}) is above the supported maximum row "
                              f"length {self.MAX_LEN_LIMIT}")
@@ -423,7 +414,7 @@ class LayerNormConfig:
         _signed_format("param_fmt", self.param_fmt, max_width=DSP_B_BITS,
                        why=" (the gain is the 18-bit operand of a DSP48E2 product)")
         _signed_format("out_fmt", self.out_fmt)
-        _positive_int("eps_bits", self.eps_bits)
+        check_int("eps_bits", self.eps_bits)
         if self.eps_bits > 40:
             raise ValueError(f"eps_bits ({self.eps_bits}) must be at most 40")
         if self.var_max >= 1 << 62:
@@ -432,12 +423,12 @@ class LayerNormConfig:
         if self.buffer_words is None:
             object.__setattr__(self, "buffer_words",
                                _pow2_at_least(2 * self.max_groups + ROW_SLACK_WORDS))
-        _positive_int("buffer_words", self.buffer_words)
+        check_int("buffer_words", self.buffer_words)
         if self.buffer_words < self.max_groups:
             raise ValueError(f"buffer_words ({self.buffer_words}) must hold a whole row of "
                              f"max_len = {self.max_len} elements ({self.max_groups} words of "
                              f"{self.lanes})")
-        _positive_int("max_rows", self.max_rows)
+        check_int("max_rows", self.max_rows)
         if nx.rsqrt_table_bits > MANTISSA_FRAC:
             raise ValueError(f"rsqrt_table_bits ({nx.rsqrt_table_bits}) must be at most the "
                              f"mantissa precision {MANTISSA_FRAC}")

@@ -12,11 +12,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from golden.numerics import MANTISSA_FRAC
+
 from ..stream_util import Queue
 from ._arith import msb, normalise, round_shift, round_shift_var_parts, round_up, saturate
 from ._arith import shape_for_range
 from ._pipe import delay, reduce_tree, reg, tree_stages, valid_chain
-from .config import MANTISSA_FRAC, LayerNormConfig
+from .config import LayerNormConfig
 
 __all__ = ["LayerNorm", "Rsqrt", "layernorm_param_layout", "layernorm_output_layout"]
 

@@ -14,11 +14,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from golden.numerics import MANTISSA_FRAC
+
 from ..stream_util import Queue
 from ._arith import (clamp, msb, normalise, round_shift, round_shift_var_parts, round_up,
                      saturate)
 from ._pipe import delay, reduce_tree, reg, tree_stages, valid_chain
-from .config import MANTISSA_FRAC, SoftmaxConfig
+from .config import SoftmaxConfig
 
 __all__ = ["Softmax", "Exp2Neg", "Reciprocal", "softmax_input_layout",
            "softmax_output_layout"]

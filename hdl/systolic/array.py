@@ -48,6 +48,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .._checks import check_int
 from ..stream_util import Queue
 from .config import ArrayConfig
 from .mesh import Mesh
@@ -137,8 +138,7 @@ class SystolicArray(wiring.Component):
                                and config.row_delays == config.col_delays)
         if out_depth is None:
             out_depth = self.latency + 2
-        if isinstance(out_depth, bool) or not isinstance(out_depth, int) or out_depth < 1:
-            raise ValueError(f"out_depth must be a positive integer, not {out_depth!r}")
+        check_int("out_depth", out_depth)
         self._out_depth = out_depth
         super().__init__({
             "x": In(stream.Signature(x_layout(config, tag_shape))),

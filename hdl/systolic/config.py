@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from golden.numerics import DEFAULT_NUMERICS, Numerics
 
+from .._checks import check_int
+
 __all__ = ["DSP_A_BITS", "DSP_B_BITS", "DSP_P_BITS", "ArrayConfig", "ComputeConfig",
            "SMALL_COMPUTE", "M3VIT_TINY_COMPUTE"]
 
@@ -46,14 +48,6 @@ _X_FORMATS = ("pixel", "ln_out", "act", "hidden", "qkv", "prob")
 _W_FORMATS = ("weight", "qkv")
 # Formats the unit writes (and reads back for accumulation).
 _OUT_FORMATS = ("act", "qkv", "score", "hidden", "logit")
-
-
-def _int(name, value, *, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
-        raise ValueError(f"{name} must be {what}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -96,8 +90,8 @@ class ArrayConfig:
     acc_bits: int = None
 
     def __post_init__(self):
-        _int("rows", self.rows)
-        _int("cols", self.cols)
+        check_int("rows", self.rows)
+        check_int("cols", self.cols)
         if not isinstance(self.numerics, Numerics):
             raise TypeError(f"numerics must be a golden.numerics.Numerics, not "
                             f"{self.numerics!r}")
@@ -105,18 +99,18 @@ class ArrayConfig:
         for name, default in (("grid_rows", self.rows), ("grid_cols", self.cols)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
-            _int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.grid_rows > self.rows or self.grid_cols > self.cols:
             raise ValueError(f"grid {self.grid_rows}×{self.grid_cols} is larger than the "
                              f"array {self.rows}×{self.cols}")
-        _int("mesh_regs", self.mesh_regs, minimum=0)
+        check_int("mesh_regs", self.mesh_regs, 0)
         need_a = max(getattr(nx, f).width for f in _X_FORMATS)
         need_w = max(getattr(nx, f).width for f in _W_FORMATS)
         need_acc = nx.acc_bits
         for name, default in (("a_bits", need_a), ("w_bits", need_w), ("acc_bits", need_acc)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
-            _int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.a_bits > DSP_A_BITS:
             raise ValueError(f"a_bits ({self.a_bits}) is wider than a DSP48E2's {DSP_A_BITS}-bit "
                              f"A port: one MAC must map onto one DSP48E2 (27×18)")
@@ -224,7 +218,7 @@ class ComputeConfig:
             raise TypeError(f"array must be an ArrayConfig, not {self.array!r}")
         for name in ("max_m", "max_k", "max_n", "abuf_depth", "abuf_bank_depth",
                      "w_queue_tiles"):
-            _int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.max_k > self.MAX_K_LIMIT:
             raise ValueError(f"max_k ({self.max_k}) is above {self.MAX_K_LIMIT}: the 48-bit "
                              f"accumulator is exact only for up to 2**16 products")

