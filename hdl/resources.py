@@ -21,7 +21,8 @@ import time
 
 from . import verilog
 
-__all__ = ["XCZU7EV", "estimate", "summarize", "format_table"]
+__all__ = ["XCZU7EV", "estimate", "summarize", "format_table", "split_modules", "partition",
+           "alike_parts"]
 
 #: Totals of the ZCU104's XCZU7EV (AMD DS891).
 XCZU7EV = {"LUT": 230_400, "FF": 460_800, "DSP": 1_728, "BRAM36": 312, "URAM": 96}
@@ -208,6 +209,24 @@ def _yosys_part(text_by_module, tree, root, cuts, *, uram, timeout, work):
     return cells
 
 
+def alike_parts(tree, parts):
+    """Group the ``parts`` (:func:`partition`) that are the same but for their module names,
+    Yosys's automatic names and the constants of equality comparisons (:func:`_canonical`):
+    the estimate synthesizes one of each.
+
+    Returns ``(unique, copies)``: ``unique`` lists ``(key, root, cuts)`` for the first part of
+    each kind, ``copies`` maps each ``key`` to the number of parts of that kind.
+    """
+    unique, copies = [], {}
+    for root, cuts in parts:
+        key = (_canonical(tree, _part_modules(tree, root, cuts)), len(cuts))
+        if key not in copies:
+            unique.append((key, root, cuts))
+            copies[key] = 0
+        copies[key] += 1
+    return unique, copies
+
+
 def estimate(elaboratable, *, name="top", ports=None, verilog_text=None, uram=True,
              timeout=3600, keep_dir=None, part_lines=PART_LINES, jobs=2):
     """Synthesize ``elaboratable`` (or ``verilog_text``) for UltraScale+ and count resources.
@@ -227,14 +246,7 @@ def estimate(elaboratable, *, name="top", ports=None, verilog_text=None, uram=Tr
     tree, top = split_modules(text)
     parts = partition(tree, top, part_lines)
     texts = {n: t for n, (t, _) in tree.items()}
-    # Parts that are the same but for their module names are synthesized once.
-    unique, copies = [], {}
-    for root, cuts in parts:
-        key = (_canonical(tree, _part_modules(tree, root, cuts)), len(cuts))
-        if key not in copies:
-            unique.append((key, root, cuts))
-            copies[key] = 0
-        copies[key] += 1
+    unique, copies = alike_parts(tree, parts)
     with tempfile.TemporaryDirectory(prefix="m3vit-yosys-") as tmp:
         work = keep_dir or tmp
 

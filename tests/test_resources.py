@@ -9,7 +9,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hdl import verilog
-from hdl.resources import estimate, partition, split_modules
+from hdl.resources import alike_parts, estimate, partition, split_modules
+from hdl.systolic.config import ArrayConfig
+from hdl.systolic.grid import PEGrid
 
 
 class _Mac(wiring.Component):
@@ -80,3 +82,17 @@ def test_estimate_in_parts_matches_one_run():
     for key in ("FF", "BRAM36", "URAM"):
         assert one[key] == parts[key], key
     assert abs(one["LUT"] - parts["LUT"]) <= 0.1 * one["LUT"] + 4
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_grid_pes_are_four_kinds(n):
+    """Cut into one part per PE, an n × n grid is synthesized as five parts whatever n: the
+    grid itself, the corner PE, the rest of the top row, the rest of the west column and the
+    interior (the edge PEs read one signal per lane, not a slice of the wide edge port at
+    their own offsets; with slices, every edge PE was a kind of its own)."""
+    text = verilog.convert(PEGrid(ArrayConfig(n, n), 0, 0, n, n), name="grid", emit_src=False)
+    tree, top = split_modules(text)
+    parts = partition(tree, top, limit=1)
+    assert len(parts) == n * n + 1
+    unique, copies = alike_parts(tree, parts)
+    assert sorted(copies.values()) == sorted([1, 1, n - 1, n - 1, (n - 1) ** 2])

@@ -2,12 +2,13 @@
 """A block of PEs wired neighbour to neighbour (Gemmini's ``Tile.scala``).
 
 Inside a grid every PE reads only its west and north neighbours' output registers (``o.x``,
-``o.psum``, ``o.wp``), directly, so the grid adds neither delay nor wiring copies of its own. The
+``o.psum``, ``o.wp``), directly, so the grid adds neither delay nor wiring copies of its own
+besides one wire per edge lane. The
 :class:`~hdl.systolic.mesh.Mesh` tiles the array with grids and may add pipeline registers at
 their boundaries.
 """
 
-from amaranth.hdl import Module, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -97,19 +98,30 @@ class PEGrid(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nr, nc = self._n_rows, self._n_cols
+        # The edge inputs, one signal per row and per column, all of a kind named alike: a PE
+        # that read a lane of the wide edge port would take the whole port and slice it at its
+        # own offset, so every edge PE would be a module of its own (the resource estimate
+        # synthesizes each kind of module once).
+        edge_w = [(Signal.like(self.x_w[i], name="x_w"), Signal.like(self.wp_w[i], name="wp_w"))
+                  for i in range(nr)]
+        edge_n = [(Signal.like(self.psum_n[j], name="psum_n"),
+                   Signal.like(self.wp_n[j], name="wp_n")) for j in range(nc)]
+        for i, (x, wp) in enumerate(edge_w):
+            m.d.comb += [x.eq(self.x_w[i]), wp.eq(self.wp_w[i])]
+        for j, (psum, wp) in enumerate(edge_n):
+            m.d.comb += [psum.eq(self.psum_n[j]), wp.eq(self.wp_n[j])]
         pes = {}
-        # Each PE reads its neighbours' output registers (or this grid's edge inputs) directly:
-        # no wiring copies inside the grid.
+        # Inside, each PE reads its neighbours' output registers directly: no wiring copies.
         for i in range(nr):
             for j in range(nc):
                 r, c = self._row0 + i, self._col0 + j
                 west = pes[i, j - 1].o if j else None
                 north = pes[i - 1, j].o if i else None
                 pe = PE(self._config, r, c,
-                        x_w=west.x if west is not None else self.x_w[i],
-                        wp_w=west.wp if west is not None else self.wp_w[i],
-                        psum_n=north.psum if north is not None else self.psum_n[j],
-                        wp_n=north.wp if north is not None else self.wp_n[j])
+                        x_w=west.x if west is not None else edge_w[i][0],
+                        wp_w=west.wp if west is not None else edge_w[i][1],
+                        psum_n=north.psum if north is not None else edge_n[j][0],
+                        wp_n=north.wp if north is not None else edge_n[j][1])
                 pes[i, j] = m.submodules[f"pe_{r}_{c}"] = pe
         for i in range(nr):
             east = pes[i, nc - 1].o
