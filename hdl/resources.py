@@ -72,9 +72,10 @@ def summarize(cells):
 #: runs in 32-bit WebAssembly (4 GB at most), and the whole zcu104 accelerator (about 285,000
 #: lines) does not fit in one run. Yosys's time grows faster than the size of a part: the MoE
 #: engine with the softmax unit inside (58,500 lines) ran for more than 25 minutes as one part;
-#: cut apart at 50,000 lines, the whole zcu104 estimate takes 20-35 minutes, most of it the
-#: compute unit's part (14-23 minutes depending on the day). The MoE engine's part took 30-44
-#: minutes while its TopK merged a beat combinationally; pipelined, the part takes 9.
+#: cut apart at 50,000 lines, the whole zcu104 estimate takes 15-30 minutes (ten Yosys runs,
+#: two at a time), most of it the compute unit's part (15-23 minutes depending on the day).
+#: The MoE engine's part took 30-44 minutes while its TopK merged a beat combinationally;
+#: pipelined, the part takes 6-9.
 PART_LINES = 50_000
 
 _INSTANCE = re.compile(r"^\s+(\\\S+|[A-Za-z_][\w$]*)\s+(\\\S+|[A-Za-z_][\w$]*)\s*\($")

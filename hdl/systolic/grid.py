@@ -2,10 +2,9 @@
 """A block of PEs wired neighbour to neighbour (Gemmini's ``Tile.scala``).
 
 Inside a grid every PE reads only its west and north neighbours' output registers (``o.x``,
-``o.psum``, ``o.wp``), directly, so the grid adds neither delay nor wiring copies of its own
-besides one wire per edge lane. The
-:class:`~hdl.systolic.mesh.Mesh` tiles the array with grids and may add pipeline registers at
-their boundaries.
+``o.psum``, ``o.wp``), directly, so the grid adds no delay and no wiring copies of its own but
+one wire per edge lane. The :class:`~hdl.systolic.mesh.Mesh` tiles the array with grids and may
+add pipeline registers at their boundaries.
 """
 
 from amaranth.hdl import Module, Signal, signed
