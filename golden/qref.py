@@ -36,7 +36,6 @@ __all__ = ["matmul_exact", "linear", "softmax", "softmax_detail", "softmax_scale
            "reciprocal", "route", "topk", "reorder"]
 
 
-
 def _check_fmt(name, fmt):
     if not isinstance(fmt, QFormat):
         raise TypeError(f"{name} must be a QFormat, not {fmt!r}")

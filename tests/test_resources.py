@@ -94,5 +94,5 @@ def test_grid_pes_are_four_kinds(n):
     tree, top = split_modules(text)
     parts = partition(tree, top, limit=1)
     assert len(parts) == n * n + 1
-    unique, copies = alike_parts(tree, parts)
+    _, copies = alike_parts(tree, parts)
     assert sorted(copies.values()) == sorted([1, 1, n - 1, n - 1, (n - 1) ** 2])
