@@ -21,8 +21,8 @@ import time
 
 from . import verilog
 
-__all__ = ["XCZU7EV", "estimate", "summarize", "format_table", "split_modules", "partition",
-           "alike_parts"]
+__all__ = ["XCZU7EV", "GROUPS", "estimate", "summarize", "format_table", "split_modules",
+           "partition", "alike_parts"]
 
 #: Totals of the ZCU104's XCZU7EV (AMD DS891).
 XCZU7EV = {"LUT": 230_400, "FF": 460_800, "DSP": 1_728, "BRAM36": 312, "URAM": 96}
@@ -39,13 +39,17 @@ def _yosys_command():
     return exe
 
 
+#: The groups :func:`summarize` counts Yosys's cells in, in order.
+GROUPS = ("LUT", "FF", "DSP", "BRAM36", "URAM", "CARRY", "LUTRAM", "SRL")
+
+
 def summarize(cells):
-    """Group Yosys Xilinx cell counts into LUT, FF, DSP, BRAM36, URAM, CARRY, LUTRAM and SRL.
+    """Group Yosys Xilinx cell counts into the :data:`GROUPS`.
 
     Block RAM is counted in RAMB36 equivalents (a RAMB18E2 is half of one).
     """
-    out = {"LUT": 0, "FF": 0, "DSP": 0, "BRAM36": 0.0, "URAM": 0, "CARRY": 0, "LUTRAM": 0,
-           "SRL": 0}
+    out = dict.fromkeys(GROUPS, 0)
+    out["BRAM36"] = 0.0
     for cell, count in cells.items():
         if cell.startswith("LUT") and cell[3:].isdigit():
             out["LUT"] += count

@@ -53,11 +53,11 @@ def add_stream_arguments(parser):
 
 
 def unit_resources(component, name):
-    """The Yosys estimate of one ``component`` (:func:`hdl.resources.estimate`): its LUT, FF,
-    DSP, BRAM36, URAM, CARRY, LUTRAM and SRL counts."""
-    from hdl.resources import estimate
+    """The Yosys estimate of one ``component`` (:func:`hdl.resources.estimate`): its counts of
+    each of :data:`hdl.resources.GROUPS`."""
+    from hdl.resources import GROUPS, estimate
     est = estimate(component, name=name)
-    return {k: est[k] for k in ("LUT", "FF", "DSP", "BRAM36", "URAM", "CARRY", "LUTRAM", "SRL")}
+    return {k: est[k] for k in GROUPS}
 
 
 def _print_table(result, file):
