@@ -7,8 +7,8 @@ Tests and ``python -m sim.bench matmul`` share this one driver:
 * X (and W for attention products, and the old output for accumulation) are written straight
   into the unit's activation buffer with ``ctx.set`` on the memory's data, as the top would have
   left them there;
-* weights, biases and row scales go through the unit's ``w``, ``b`` and ``s`` streams, with
-  optional random bubbles;
+* weights, biases, row scales and row offsets go through the unit's ``w``, ``b``, ``s`` and ``r``
+  streams, with optional random bubbles;
 * ``done`` is taken with optional random stalls, and the cycles from the ``cmd`` transfer to
   ``done.valid`` are counted.
 
@@ -39,6 +39,11 @@ class Product:
     ``w_source`` is ``"stream"`` (weights on the ``w`` stream), ``"abuf"`` (W stored ``(N, K)``
     in the activation buffer: the keys of Q·Kᵀ) or ``"abuf_t"`` (W stored transposed, ``(K, N)``:
     the values V of A·V, ``W = Vᵀ``).
+
+    ``row_map`` (``M`` distinct row indices below ``map_rows``) with ``gather`` and/or
+    ``scatter``: X row ``m`` is row ``row_map[m]`` of a stored matrix of ``map_rows`` rows,
+    and/or output row ``m`` goes to (and accumulates into) row ``row_map[m]`` of one; the other
+    stored rows hold garbage that the product must leave alone (the MoE experts' tokens).
     """
 
     x: np.ndarray
@@ -52,6 +57,10 @@ class Product:
     accumulate: np.ndarray = None
     w_source: str = "stream"
     extra_stride: int = 0              # words of gap between matrix rows (exercises strides)
+    row_map: np.ndarray = None
+    map_rows: int = 0
+    gather: bool = False
+    scatter: bool = False
     result: dict = field(default_factory=dict)
 
     @property
@@ -253,30 +262,42 @@ class ComputeDriver:
         unit = self.unit
         m, k, n = p.shape
         wpr = unit.words_per_row
+        if (p.gather or p.scatter) != (p.row_map is not None):
+            raise ValueError("a row map goes with gather or scatter, and they need one")
         x_stride = wpr(k) + p.extra_stride
+        y_stride = wpr(n) + p.extra_stride
+        if p.gather and p.scatter:          # one offset list for both
+            x_stride = y_stride = max(x_stride, y_stride)
         x_base = 0
-        nxt = x_base + m * x_stride
+        nxt = x_base + (p.map_rows if p.gather else m) * x_stride
         w_base, w_stride = 0, None
         if p.w_source != "stream":
             trans = p.w_source == "abuf_t"
             w_stride = wpr(n if trans else k) + p.extra_stride
             w_base = nxt
             nxt = w_base + (k if trans else n) * w_stride
-        y_stride = wpr(n) + p.extra_stride
         y_base = nxt
         cmd = unit.command(
             m, k, n, x_fmt=p.x_fmt, w_fmt=p.w_fmt, out_fmt=p.out_fmt,
             x_base=x_base, x_stride=x_stride, y_base=y_base, y_stride=y_stride,
             w_from_abuf=p.w_source != "stream", w_base=w_base, w_stride=w_stride,
-            w_transposed=p.w_source == "abuf_t", bias=p.bias is not None, gelu=p.gelu,
-            row_scale=p.row_scale is not None, accumulate=p.accumulate is not None)
+            w_transposed=p.w_source == "abuf_t", gather=p.gather, scatter=p.scatter,
+            bias=p.bias is not None, gelu=p.gelu, row_scale=p.row_scale is not None,
+            accumulate=p.accumulate is not None)
         return cmd
+
+    @staticmethod
+    def row_offsets(p, cmd):
+        """The ``r`` stream of a product with a row map: ``row_map[m]`` rows of the stride."""
+        stride = cmd["x_stride"] if p.gather else cmd["y_stride"]
+        return [int(i) * stride for i in p.row_map]
 
     def formula_cycles(self, p):
         """:meth:`ComputeUnit.cycles` for one product."""
         m, k, n = p.shape
         return self.unit.cycles(m, k, n, w_transposed=p.w_source == "abuf_t",
-                                bias=p.bias is not None, row_scale=p.row_scale is not None)
+                                bias=p.bias is not None, row_scale=p.row_scale is not None,
+                                row_map=p.gather or p.scatter)
 
     # -- testbenches ------------------------------------------------------------------------
 
@@ -284,10 +305,12 @@ class ComputeDriver:
         """``(testbenches, background)`` for :func:`sim.harness.run_sim`."""
         unit = self.unit
         seed = self.seed
-        w_words, b_words, s_values = [], [], []
+        w_words, b_words, s_values, r_values = [], [], [], []
         if self.raw_commands is None:
             rng = random.Random(seed ^ 0x5EED) if self.garbage else None
-            for p in self.products:
+            for p, cmd in zip(self.products, self._plan):
+                if p.row_map is not None:
+                    r_values += self.row_offsets(p, cmd)
                 if p.w_source == "stream":
                     w_words += weight_words(unit, p.w, rng)
                 if p.bias is not None:
@@ -304,17 +327,32 @@ class ComputeDriver:
         async def s_feeder(ctx):
             await put_all(ctx, unit.s, s_values, rng=random.Random(seed + 3), p_idle=self.p_idle)
 
+        async def r_feeder(ctx):
+            await put_all(ctx, unit.r, r_values, rng=random.Random(seed + 4), p_idle=self.p_idle)
+
         main = partial(self._main, w_words=w_words)
         benches = [main]
-        for words, tb in ((w_words, w_feeder), (b_words, b_feeder), (s_values, s_feeder)):
+        for words, tb in ((w_words, w_feeder), (b_words, b_feeder), (s_values, s_feeder),
+                          (r_values, r_feeder)):
             if words:
                 benches.append(tb)
         background = [partial(check_stream_rules, stream=s, name=name) for name, s in
                       (("cmd", unit.cmd), ("w", unit.w), ("b", unit.b), ("s", unit.s),
-                       ("done", unit.done), ("array.x", unit.array.x),
+                       ("r", unit.r), ("done", unit.done), ("array.x", unit.array.x),
                        ("array.w", unit.array.w))]
         background.append(self._array_edge_check)
         return benches, (background if self.check else [])
+
+    @staticmethod
+    def _stored(p, mat, fmt, mapped, rng):
+        """``mat`` as stored: itself, or with a row map its rows at ``row_map`` of a
+        ``map_rows``-row matrix whose other rows are random values of ``fmt``."""
+        if not mapped:
+            return mat
+        seed = rng.randrange(1 << 30) if rng else 0
+        full = random_operand(np.random.default_rng(seed), (p.map_rows, mat.shape[1]), fmt)
+        full[np.asarray(p.row_map)] = mat
+        return full
 
     async def _array_edge_check(self, ctx):
         """Inside the unit the array's edges must never refuse: the sequencer schedules
@@ -339,15 +377,19 @@ class ComputeDriver:
             cmd, p = (job, None) if self.raw_commands is not None else job
             if p is not None:
                 m, k, n = p.shape
-                write_matrix(ctx, unit, cmd["x_base"], cmd["x_stride"], p.x, grng)
+                write_matrix(ctx, unit, cmd["x_base"], cmd["x_stride"],
+                             self._stored(p, p.x, p.x_fmt, p.gather, grng), grng)
                 if p.w_source == "abuf":
                     write_matrix(ctx, unit, cmd["w_base"], cmd["w_stride"], p.w, grng)
                 elif p.w_source == "abuf_t":
                     write_matrix(ctx, unit, cmd["w_base"], cmd["w_stride"], p.w.T, grng)
                 old = p.accumulate if p.accumulate is not None else \
                     np.zeros((m, n), dtype=np.int64)
-                write_matrix(ctx, unit, cmd["y_base"], cmd["y_stride"], old, grng)
-                before = read_matrix(ctx, unit, cmd["y_base"], cmd["y_stride"], m, n, full=True)
+                y_rows = p.map_rows if p.scatter else m
+                write_matrix(ctx, unit, cmd["y_base"], cmd["y_stride"],
+                             self._stored(p, old, p.out_fmt, p.scatter, grng), grng)
+                before = read_matrix(ctx, unit, cmd["y_base"], cmd["y_stride"], y_rows, n,
+                                     full=True)
             # command, with a bubble or two
             while self.p_idle and rng.random() < self.p_idle:
                 await ctx.tick()
@@ -375,10 +417,15 @@ class ComputeDriver:
                     break
             ctx.set(unit.done.ready, 0)
             if p is not None:
-                y_full = read_matrix(ctx, unit, cmd["y_base"], cmd["y_stride"], m, n, full=True)
+                y_full = read_matrix(ctx, unit, cmd["y_base"], cmd["y_stride"], y_rows, n,
+                                     full=True)
+                # Padding lanes, and with a scatter the rows outside the map, stay as they were.
+                mine = (np.asarray(p.row_map) if p.scatter else np.arange(m))
+                others = np.setdiff1d(np.arange(y_rows), mine)
                 p.result.update(
-                    y=y_full[:, :n], cycles=cycles, error=payload.error,
-                    padding_ok=bool(np.array_equal(y_full[:, n:], before[:, n:])))
+                    y=y_full[mine, :n], cycles=cycles, error=payload.error,
+                    padding_ok=bool(np.array_equal(y_full[:, n:], before[:, n:])
+                                    and np.array_equal(y_full[others], before[others])))
             else:
                 self.results_raw = getattr(self, "results_raw", [])
                 self.results_raw.append({"cycles": cycles, "error": payload.error})

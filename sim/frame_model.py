@@ -21,7 +21,7 @@ instructions' cycles; each instruction is modelled from the formulas of the bloc
     experts in order: each expert's weights are fetched as soon as the DMA is free and a bank is
     (the DMA prefetches one expert ahead), its products are fed while its weights arrive, and it
     ends at the later of its compute time (:meth:`hdl.moe.layer.MoELayer.expert_cycles`) after
-    the previous expert and its fetch plus its combine.
+    the previous expert and its fetch plus its last pass.
 
 The *roofline* of a frame is ``max(compute-bound, DDR-bound)``: every product at the compute
 unit's formula plus the nonlinear units at their throughput, against every byte at the DDR's
@@ -180,7 +180,7 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
                      + sm_lat + 2 * cfg.num_experts)
             # Experts in order: job j's fetch starts when the DMA is free and its bank is
             # (job j−2 released); its products are fed while its weights arrive, so it ends at
-            # the later of its own compute time and its fetch plus the combine and a pass.
+            # the later of its own compute time and its fetch plus a pass and the drain.
             fetch = expert / moe_bw
             dma_free, ends = route, []
             for j, n in enumerate(layer_counts):
@@ -189,7 +189,7 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
                 fetched = s + fetch + (latency if j == 0 or s > dma_free else 0)
                 dma_free = fetched
                 start = ends[-1] if ends else route
-                tail = moe_engine.combine_cycles(n) + max(n, a.cols) + sm_lat
+                tail = max(n, a.cols) + sm_lat
                 ends.append(max(start + comp, fetched + tail))
             cyc = ends[-1]
             bound = moe_engine.compute_bound_cycles(layer_counts)

@@ -52,7 +52,8 @@ def _check(unit, driver, *, exact_cycles):
         assert mism.size == 0, (f"{p.shape} {p.x_fmt}·{p.w_fmt}→{p.out_fmt}: {len(mism)} "
                                 f"mismatches, first at {tuple(mism[0])}: "
                                 f"{got[tuple(mism[0])]} != {expected[tuple(mism[0])]}")
-        assert p.result["padding_ok"], "lanes beyond N of the output words were written"
+        assert p.result["padding_ok"], ("lanes beyond N of the output words, or rows outside "
+                                        "the row map, were written")
         formula = driver.formula_cycles(p)
         if exact_cycles:
             assert p.result["cycles"] == formula, (p.shape, p.result["cycles"], formula)
@@ -94,6 +95,40 @@ def test_each_product_kind(kind, sim_args):
     products = [product_for(kind, 7, 8, 5, NX, rng), product_for(kind, 2, 11, 9, NX, rng)]
     driver = _run(unit, products, sim_args)
     _check(unit, driver, exact_cycles=True)
+
+
+def _mapped(kind, m, k, n, rng, *, mode, spare):
+    """A product whose X rows (``gather``), output rows (``scatter``) or both lie at a random
+    row map of a matrix with ``spare`` more rows."""
+    p = product_for(kind, m, k, n, NX, rng)
+    p.map_rows = m + spare
+    p.row_map = rng.permutation(m + spare)[:m]
+    p.gather = mode in ("gather", "both")
+    p.scatter = mode in ("scatter", "both")
+    return p
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(jobs=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 11), st.integers(1, 10),
+                               st.sampled_from(("fc1", "expert_fc2", "qkv", "qk", "proj")),
+                               st.sampled_from(("gather", "scatter", "both")),
+                               st.integers(0, 4)), min_size=1, max_size=3),
+       seed=st.integers(0, 2 ** 16), p_idle=st.sampled_from((0.0, 0.4)))
+@example(jobs=[(9, 11, 10, "fc1", "gather", 3), (9, 10, 10, "expert_fc2", "scatter", 3)],
+         seed=0, p_idle=0.0)
+@example(jobs=[(1, 1, 1, "expert_fc2", "both", 0), (2, 3, 1, "qk", "gather", 1)],
+         seed=1, p_idle=0.4)
+def test_row_maps_bit_exact_and_cycles(jobs, seed, p_idle, sim_args):
+    """Gathered X rows and scattered output rows (the MoE experts' fc1 and fc2): the result
+    equals the twin on the mapped rows, every other row and padding lane is left alone, and
+    without bubbles the cycles equal the formula (the ``M`` offsets load with the first tile)."""
+    unit = _unit(2, 3)
+    rng = np.random.default_rng(seed)
+    products = [_mapped(kind, m, k, n, rng, mode=mode, spare=spare)
+                for m, k, n, kind, mode, spare in jobs]
+    driver = _run(unit, products, sim_args, seed=seed, p_idle=p_idle)
+    _check(unit, driver, exact_cycles=not p_idle)
 
 
 def test_mesh_registers_in_the_unit(sim_args):

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """The MoE layer engine: router, top-k, reordering, expert-weight DMA and the experts on the
-compute unit, with the combine on chip.
+compute unit, which read their tokens and add their results in place.
 
 Bit-exact with the MoE block of :func:`golden.twin.twin_forward` (and
 :func:`sim.bench.moe.moe_block_reference`): given the block's LN2 output ``u`` and its residual
@@ -190,15 +190,14 @@ class MoELayerConfig:
         return self.words_per_row(self.num_experts)
 
     @property
-    def gather_offset(self):
-        """Offset of the gathered ``u`` rows (and of the expert outputs and the logits) in the
-        scratch area."""
+    def logits_offset(self):
+        """Offset of the router logits (N rows of E) in the scratch area."""
         return 0
 
     @property
     def hidden_offset(self):
-        """Offset of the hidden rows in the scratch area."""
-        return self.tokens * max(self.row_words, self.logit_words)
+        """Offset of the hidden rows of the expert being computed in the scratch area."""
+        return self.tokens * self.logit_words
 
     @property
     def scratch_words(self):
@@ -403,11 +402,14 @@ class MoELayer(wiring.Component):
         ROUTE    abuf → Softmax (scale 1) → TopK → Reorder (counting sort, on chip)
         for each used expert j = 0, 1, … (ascending id; unused experts skipped):
           DMA    job j → bank j mod 2, started as soon as job j−2 is released (prefetch)
-          GATHER u[tokens of j] → G (abuf scratch, contiguous rows)
-          FC1    compute unit: H = GELU(G·W1ᵀ + b1)                       (hidden format)
-          FC2    compute unit: T = s ⊙ (H·W2ᵀ + b2)  (row scale = router scores)  → G
+          FC1    compute unit: H = GELU(u[tokens of j]·W1ᵀ + b1)  (X rows gathered from u,
+                 hidden format, contiguous in the scratch area)
+          FC2    compute unit: x[tokens of j] = saturate(x[tokens] + s ⊙ (H·W2ᵀ + b2))
+                 (row scale = router scores; output rows scattered into x, accumulated)
                  release bank j mod 2
-          COMBINE x[tokens of j] = saturate(x[tokens] + T)  (on chip, act format)
+
+    The compute unit takes the tokens' row offsets (token · row words) on its ``r`` stream and
+    their scores on ``s``, both read from the reorder lists: no token row is copied.
 
     The DMA fetches expert j+1 while expert j computes, each used expert's weights exactly once;
     the weight buffers are the DMA's ping-pong banks. FC1 and FC2 read their weights as they
@@ -569,17 +571,6 @@ class MoELayer(wiring.Component):
     def _cmd_cycles(self, m, k, n, **kw):
         return self._cu.cycles(m, k, n, **kw)
 
-    def gather_cycles(self, n_tok):
-        """Cycles to gather ``n_tok`` rows of ``u``: a word per cycle (read, and the word read
-        the cycle before written), two per row for the token."""
-        return n_tok * (2 + self._config.row_words)
-
-    def combine_cycles(self, n_tok):
-        """Cycles to add ``n_tok`` expert output rows into ``x``: two reads per word (the
-        expert's row, then ``x``; each sum is written in the next cycle), two per row for the
-        token."""
-        return n_tok * (2 + 2 * self._config.row_words)
-
     def compute_bound_cycles(self, counts):
         """Cycles the compute unit needs for a layer whose used experts get ``counts`` tokens:
         the logits product plus, per used expert, fc1 and fc2 (the compute unit's own cycle
@@ -587,17 +578,21 @@ class MoELayer(wiring.Component):
         cfg = self._config
         total = self._cmd_cycles(cfg.tokens, cfg.dim, cfg.num_experts)
         for n in counts:
-            total += self._cmd_cycles(n, cfg.dim, cfg.hidden, bias=True)
-            total += self._cmd_cycles(n, cfg.hidden, cfg.dim, bias=True, row_scale=True)
+            total += self.fc_cycles(n)
         return total
 
-    def expert_cycles(self, n_tok):
-        """Engine cycles of one expert with ``n_tok`` tokens when weights never stall:
-        gather, fc1, fc2 and combine, with the command hand-overs."""
+    def fc_cycles(self, n_tok):
+        """Compute-unit cycles of one expert with ``n_tok`` tokens: fc1 (its X rows gathered
+        from ``u``) and fc2 (its rows scaled and added into ``x`` where they belong)."""
         cfg = self._config
-        return (self.gather_cycles(n_tok) + self.combine_cycles(n_tok) +
-                self._cmd_cycles(n_tok, cfg.dim, cfg.hidden, bias=True) +
-                self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True) + 6)
+        return (self._cmd_cycles(n_tok, cfg.dim, cfg.hidden, bias=True, row_map=True) +
+                self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True,
+                                 row_map=True))
+
+    def expert_cycles(self, n_tok):
+        """Engine cycles of one expert with ``n_tok`` tokens when weights never stall: fc1 and
+        fc2 with the command hand-overs."""
+        return self.fc_cycles(n_tok) + 5
 
     # -- hardware ---------------------------------------------------------------------------
 
@@ -610,9 +605,10 @@ class MoELayer(wiring.Component):
         logits = cu.command(1, d, E, x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.logit,
                             x_base=0, y_base=0)
         fc1 = cu.command(1, d, h, x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.hidden,
-                         x_base=0, y_base=0, bias=True, gelu=True)
+                         x_base=0, y_base=0, gather=True, bias=True, gelu=True)
         fc2 = cu.command(1, h, d, x_fmt=nx.hidden, w_fmt=nx.weight, out_fmt=nx.act,
-                         x_base=0, y_base=0, bias=True, row_scale=True)
+                         x_base=0, y_base=0, scatter=True, bias=True, row_scale=True,
+                         accumulate=True)
         return logits, fc1, fc2
 
     def elaborate(self, platform):
@@ -706,13 +702,10 @@ class MoELayer(wiring.Component):
             return stmts
 
         ext_raddr = Signal.like(cu.ext.r_addr)
-        ext_waddr = Signal.like(cu.ext.w_addr)
-        ext_wen = Signal()
-        ext_wdata = Signal.like(cu.ext.w_data)
         running = Signal()
+        # While a layer runs the engine reads the logits on the port and never writes.
         with m.If(running):
-            m.d.comb += [cu.ext.r_addr.eq(ext_raddr), cu.ext.w_addr.eq(ext_waddr),
-                         cu.ext.w_en.eq(ext_wen), cu.ext.w_data.eq(ext_wdata)]
+            m.d.comb += cu.ext.r_addr.eq(ext_raddr)
         with m.Else():
             m.d.comb += [cu.ext.r_addr.eq(self.ext.r_addr), cu.ext.w_addr.eq(self.ext.w_addr),
                          cu.ext.w_en.eq(self.ext.w_en), cu.ext.w_data.eq(self.ext.w_data)]
@@ -794,67 +787,51 @@ class MoELayer(wiring.Component):
 
         # -- the sequencer --------------------------------------------------------------------
         cur = Signal(expert_entry_layout(E, K, N))
-        row = Signal(range(N + 1))
-        word = Signal(range(max(Wd, We, 1) + 1))
-        tok = Signal(range(N))
-        t_data = Signal.like(r_data)
-        # Write-behind: a gather or combine word read in one cycle is written in the next one
-        # (the read data of the port arrives a cycle after its address). Every cycle that does
-        # not schedule one clears it; the engine's other writes never meet it.
-        wb_valid = Signal()
-        wb_combine = Signal()                # 0: copy the read word (gather); 1: x + t_data
-        wb_addr = Signal.like(ext_waddr)
-        m.d.sync += wb_valid.eq(0)
-        act = nx.act
-        wb_sum = Signal.like(r_data)
-        for j in range(L):
-            total = r_data[j] + t_data[j]
-            m.d.comb += wb_sum[j].eq(Mux(total > act.max_int, act.max_int,
-                                         Mux(total < act.min_int, act.min_int, total)))
-        m.d.comb += [ext_waddr.eq(wb_addr), ext_wen.eq(wb_valid),
-                     ext_wdata.eq(Mux(wb_combine, wb_sum, r_data))]
         r_row = Signal(range(N + 1))       # readout: row and word being read
         r_word = Signal(range(We + 1))
         rd_base = Signal.like(ext_raddr)
         err_status = Signal(Status)
-
-        # Row addresses: base + row·words (constant multipliers).
-        def row_addr(base, index, words):
-            return base + index * words
-
         m.d.comb += eq.o.ready.eq(0)
-        # Reorder list port: the sequencer reads entries offset + row.
-        list_addr = Signal.like(ro.rd_addr)
-        m.d.comb += ro.rd_addr.eq(list_addr)
 
-        # Score feed (row scales of fc2): list entries → cu.s, with credits.
+        # Entry feed: the current expert's list entries (port: entry offset + index) → the
+        # compute unit's row offsets (cu.r, token · Wd, for fc1's gather and fc2's scatter) and
+        # row scales (cu.s, fc2 only), with credits.
+        m.submodules.row_q = rq = Queue(unsigned(c.addr_bits), 4, buffered=False)
         m.submodules.score_q = sq = Queue(signed(nx.prob.width), 4, buffered=False)
-        flush = Signal()         # ERROR: drop queued scores and weights
+        flush = Signal()         # ERROR: drop queued offsets, scores and weights
         m.d.comb += [
+            cu.r.payload.eq(rq.o.payload),
+            cu.r.valid.eq(rq.o.valid & ~flush),
+            rq.o.ready.eq(cu.r.ready | flush),
             cu.s.payload.eq(sq.o.payload),
             cu.s.valid.eq(sq.o.valid & ~flush),
             sq.o.ready.eq(cu.s.ready | flush),
             fd.abort.eq(flush),
         ]
-        s_go = Signal()
-        s_active = Signal()
-        s_idx = Signal(range(N + 1))
-        s_issue = Signal()
-        s_issue_q = Signal()
-        m.d.sync += s_issue_q.eq(s_issue)
+        f_go = Signal()
+        f_go_scores = Signal()
+        f_scores = Signal()
+        f_active = Signal()
+        f_idx = Signal(range(N + 1))
+        f_issue = Signal()
+        f_issue_q = Signal()
+        m.d.sync += f_issue_q.eq(f_issue)
         m.d.comb += [
-            sq.i.valid.eq(s_issue_q),
+            ro.rd_addr.eq(cur.offset + f_idx),
+            rq.i.valid.eq(f_issue_q),
+            rq.i.payload.eq(ro.rd_data.token * Wd),
+            sq.i.valid.eq(f_issue_q & f_scores),
             sq.i.payload.eq(ro.rd_data.score),
-            s_issue.eq(s_active & (sq.level + s_issue_q < 3)),
+            f_issue.eq(f_active & (rq.level + f_issue_q < 3) & (sq.level + f_issue_q < 3)),
         ]
-        with m.If(s_go):
-            m.d.sync += [s_active.eq(1), s_idx.eq(0)]
-        with m.Elif(s_issue):
-            m.d.sync += s_idx.eq(s_idx + 1)
-            with m.If(s_idx == cur.count - 1):
-                m.d.sync += s_active.eq(0)
+        with m.If(f_go):
+            m.d.sync += [f_active.eq(1), f_idx.eq(0), f_scores.eq(f_go_scores)]
+        with m.Elif(f_issue):
+            m.d.sync += f_idx.eq(f_idx + 1)
+            with m.If(f_idx == cur.count - 1):
+                m.d.sync += f_active.eq(0)
         with m.If(flush):
-            m.d.sync += s_active.eq(0)
+            m.d.sync += f_active.eq(0)
 
         def cu_done_check(next_state):
             """Wait for the command's status; a refused command is an error."""
@@ -893,14 +870,14 @@ class MoELayer(wiring.Component):
 
             with m.State("LOGITS"):
                 # One product over all N tokens; the router weights stream from the DMA.
-                m.d.sync += issue(cmd_logits, N, ubase, sbase + cfg.gather_offset)
+                m.d.sync += issue(cmd_logits, N, ubase, sbase + cfg.logits_offset)
                 m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.ROUTER)]
                 m.next = "LOGITS_RUN"
 
             with m.State("LOGITS_RUN"):
                 cu_done_check("READOUT")
                 m.d.sync += [r_row.eq(0), r_word.eq(0),
-                             rd_base.eq(sbase + cfg.gather_offset)]
+                             rd_base.eq(sbase + cfg.logits_offset)]
 
             with m.State("READOUT"):
                 # Read the N × We logit words into the softmax, with credits.
@@ -920,85 +897,37 @@ class MoELayer(wiring.Component):
                 # The next used expert (Reorder emits them after the last token is routed).
                 m.d.comb += eq.o.ready.eq(1)
                 with m.If(eq.o.valid):
-                    m.d.sync += [cur.eq(eq.o.payload), row.eq(0)]
+                    m.d.sync += cur.eq(eq.o.payload)
                     with m.If(job == 0):
                         m.d.sync += self.route_cycles.eq(self.cycles)
-                    m.next = "G_TOK"
-
-            with m.State("G_TOK"):
-                m.d.comb += list_addr.eq(cur.offset + row)
-                m.next = "G_TOK2"
-
-            with m.State("G_TOK2"):
-                m.d.sync += [tok.eq(ro.rd_data.token), word.eq(0)]
-                m.next = "G_RD"
-
-            with m.State("G_RD"):
-                # One word per cycle: read word ``word`` of u's row; the write-behind stores it
-                # in the next cycle (whatever the state then).
-                m.d.comb += ext_raddr.eq(row_addr(ubase, tok, Wd) + word)
-                m.d.sync += [wb_valid.eq(1), wb_combine.eq(0),
-                             wb_addr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word)]
-                m.d.sync += word.eq(word + 1)
-                with m.If(word == Wd - 1):
-                    m.d.sync += [word.eq(0), row.eq(row + 1)]
-                    m.next = "G_TOK"
-                    with m.If(row == cur.count - 1):
-                        m.next = "FC1"
+                    m.next = "FC1"
 
             with m.State("FC1"):
-                m.d.sync += issue(cmd_fc1, cur.count, sbase + cfg.gather_offset,
-                                  sbase + cfg.hidden_offset)
-                m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC1)]
+                # X rows gathered from u at the tokens' offsets; H contiguous in the scratch.
+                m.d.sync += issue(cmd_fc1, cur.count, ubase, sbase + cfg.hidden_offset)
+                m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC1), f_go.eq(1)]
                 m.next = "FC1_RUN"
 
             with m.State("FC1_RUN"):
                 cu_done_check("FC2")
 
             with m.State("FC2"):
-                m.d.sync += issue(cmd_fc2, cur.count, sbase + cfg.hidden_offset,
-                                  sbase + cfg.gather_offset)
-                m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC2), s_go.eq(1)]
+                # Output rows scaled by the scores and added into x at the tokens' offsets.
+                m.d.sync += issue(cmd_fc2, cur.count, sbase + cfg.hidden_offset, xbase)
+                m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC2), f_go.eq(1),
+                             f_go_scores.eq(1)]
                 m.next = "FC2_RUN"
 
             with m.State("FC2_RUN"):
-                m.d.comb += list_addr.eq(cur.offset + s_idx)
                 cu_done_check("RELEASE")
 
             with m.State("RELEASE"):
                 # The bank's weights are consumed: the DMA may refill it with job + 2.
                 m.d.comb += dma.release.eq(1)
-                m.d.sync += row.eq(0)
-                m.next = "C_TOK"
-
-            with m.State("C_TOK"):
-                m.d.comb += list_addr.eq(cur.offset + row)
-                m.next = "C_TOK2"
-
-            with m.State("C_TOK2"):
-                m.d.sync += [tok.eq(ro.rd_data.token), word.eq(0)]
-                m.next = "C_RD_T"
-
-            with m.State("C_RD_T"):
-                # Two reads per word: the expert's output row, then x; the write-behind stores
-                # the saturated sum in the cycle after the x read.
-                m.d.comb += ext_raddr.eq(row_addr(sbase + cfg.gather_offset, row, Wd) + word)
-                m.next = "C_RD_X"
-
-            with m.State("C_RD_X"):
-                m.d.comb += ext_raddr.eq(row_addr(xbase, tok, Wd) + word)
-                m.d.sync += [t_data.eq(r_data), wb_valid.eq(1), wb_combine.eq(1),
-                             wb_addr.eq(row_addr(xbase, tok, Wd) + word)]
-                m.d.sync += word.eq(word + 1)
-                m.next = "C_RD_T"
-                with m.If(word == Wd - 1):
-                    m.d.sync += [word.eq(0), row.eq(row + 1)]
-                    m.next = "C_TOK"
-                    with m.If(row == cur.count - 1):
-                        m.d.sync += job.eq(job + 1)
-                        m.next = "EXPERT"
-                        with m.If(cur.last):
-                            m.next = "FINISH"
+                m.d.sync += job.eq(job + 1)
+                m.next = "EXPERT"
+                with m.If(cur.last):
+                    m.next = "FINISH"
 
             with m.State("FINISH"):
                 with m.If(~dma.busy & ~fd.busy):
@@ -1014,7 +943,7 @@ class MoELayer(wiring.Component):
                 # (After CU_ERROR the compute unit's weight queue may hold words of the refused
                 # command: reset the unit before it is used again.)
                 m.d.comb += flush.eq(1)
-                with m.If(~dma.busy & ~fd.busy & ~cu.busy & ~sq.o.valid):
+                with m.If(~dma.busy & ~fd.busy & ~cu.busy & ~sq.o.valid & ~rq.o.valid):
                     m.d.sync += [self.status.eq(err_status), self.done.eq(1), running.eq(0),
                                  self.n_used.eq(ro.n_used)]
                     m.next = "IDLE"

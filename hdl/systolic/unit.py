@@ -38,8 +38,9 @@ Cycle formula
 From the cycle a command is accepted on ``cmd`` to the cycle ``done.valid`` rises, with every
 stream ready when the unit wants it::
 
-    cycles(M, K, N) = PRE + max(Lw, NT·bias, M·row_scale) + (J − 1)·P + M + POST
+    cycles(M, K, N) = PRE + max(Lw, NT·bias, M·rows_in) + (J − 1)·P + M + POST
     P    = max(M, Lw)          Lw = rows if w_transposed else cols
+    rows_in = row_scale or gather or scatter (a value per row on ``s`` or ``r`` first)
     J    = ceil(K/rows)·ceil(N/cols)
     PRE  = 2                   (accept, decode)
     POST = 2 (buffer read, operand select) + array latency + 2 (accumulate)
@@ -63,6 +64,13 @@ synchronous read ports: X rows, and either W words (attention) or the old output
 Element ``(i, j)`` of a matrix at word address ``base`` with ``stride`` words per row is lane ``j mod L`` of word ``base + i·stride + j div L``. An X read takes an aligned group of
 ``rows`` lanes, an output write an aligned group of ``cols`` lanes (lane write enables), so the
 output of one product is directly the X (or W) operand of the next one.
+
+Row maps (the MoE experts): with ``gather``, X row ``m`` is the row at word ``x_base + r[m]``
+instead of ``x_base + m·x_stride``; with ``scatter``, output row ``m`` (and the old row it
+accumulates into) is the row at ``y_base + r[m]``. The ``M`` word offsets ``r[m]`` come on the
+``r`` stream at the start of the command, like the row scales. An expert's tokens are thus read
+straight from the token matrix and its results added straight into the residual, in place,
+without copying them to and from a contiguous scratch area.
 
 W comes from the ``w`` stream (weights, fed by the DMA) or from ``abuf`` (attention: keys and
 values are activations). A matrix stored ``(N, K)`` — weights, the keys K of Q·Kᵀ — is loaded by
@@ -123,7 +131,8 @@ def command_layout(config):
     Fields: ``m``, ``k``, ``n`` (sizes); ``x_base``/``x_stride``, ``w_base``/``w_stride``,
     ``y_base``/``y_stride`` (abuf word address of row 0 and words per row of X, of W — when
     ``w_from_abuf`` — and of the output); ``w_from_abuf`` (W from abuf instead of the ``w``
-    stream); ``w_transposed`` (W is stored ``(K, N)`` in abuf, e.g. ``Vᵀ``); ``bias``, ``gelu``,
+    stream); ``w_transposed`` (W is stored ``(K, N)`` in abuf, e.g. ``Vᵀ``); ``gather``,
+    ``scatter`` (X rows, output rows at the row offsets of the ``r`` stream); ``bias``, ``gelu``,
     ``row_scale``, ``accumulate`` (epilogue steps); ``q_shift = x.f + w.f − out.f``, ``b_shift
     = x.f + w.f − bias.f`` (the accumulator has ``x.f + w.f`` fractional bits); ``out_bits``
     (width of the signed output format).
@@ -137,7 +146,7 @@ def command_layout(config):
         "x_base": addr, "x_stride": addr,
         "w_base": addr, "w_stride": addr,
         "y_base": addr, "y_stride": addr,
-        "w_from_abuf": 1, "w_transposed": 1,
+        "w_from_abuf": 1, "w_transposed": 1, "gather": 1, "scatter": 1,
         "bias": 1, "gelu": 1, "row_scale": 1, "accumulate": 1,
         "q_shift": shift, "b_shift": shift,
         "out_bits": unsigned(cfg.array.elem_bits.bit_length() + 1),
@@ -228,6 +237,9 @@ class ComputeUnit(wiring.Component):
     s : In(stream.Signature(signed(prob.width)))
         Row scales (``numerics.prob``) for commands with ``row_scale``: ``M`` values, one per
         output row. Taken at the start of the command.
+    r : In(stream.Signature(unsigned(addr_bits)))
+        Row offsets for commands with ``gather`` or ``scatter``: ``M`` abuf word offsets, one
+        per X/output row (from ``x_base`` and ``y_base``). Taken at the start of the command.
     ext : In(ext_signature(config))
         Access to the activation buffer while the unit is idle (writes are ignored while busy).
     busy : Out(1)
@@ -264,6 +276,7 @@ class ComputeUnit(wiring.Component):
             "w": In(stream.Signature(data.ArrayLayout(signed(acfg.w_bits), acfg.rows))),
             "b": In(stream.Signature(data.ArrayLayout(signed(nx.bias.width), acfg.cols))),
             "s": In(stream.Signature(signed(nx.prob.width))),
+            "r": In(stream.Signature(unsigned(config.addr_bits))),
             "ext": In(ext_signature(config)),
             "busy": Out(1),
         })
@@ -358,6 +371,12 @@ class ComputeUnit(wiring.Component):
             shape=signed(self._config.numerics.prob.width), depth=self._config.max_m, init=[]))
 
     @property
+    def row_mem(self):
+        """The row-offset memory of ``gather``/``scatter``: ``max_m`` abuf word offsets."""
+        return self._part("row_mem", lambda: Memory(
+            shape=unsigned(self._config.addr_bits), depth=self._config.max_m, init=[]))
+
+    @property
     def w_queue(self):
         """The weight queue (``w_queue_tiles`` tiles of ``cols`` words)."""
         a = self._config.array
@@ -412,21 +431,28 @@ class ComputeUnit(wiring.Component):
         lw = a.rows if w_transposed else a.cols
         return kt, nt, lw, max(m, lw)
 
-    def cycles(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False):
+    def _pre(self, m, lw, nt, bias, row_scale, row_map):
+        """Cycles before the first pass: the first tile, the biases, the per-row streams."""
+        return max(lw, nt if bias else 0, m if row_scale or row_map else 0)
+
+    def cycles(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False,
+               row_map=False):
         """Cycles from the ``cmd`` transfer to ``done.valid`` with every stream ready.
 
-        ``PRE + max(Lw, NT·bias, M·row_scale) + (J − 1)·max(M, Lw) + M − 1 + latency + 1``; see
-        the module docstring. Raises ``ValueError`` for shapes the unit refuses.
+        ``PRE + max(Lw, NT·bias, M·(row_scale | row_map)) + (J − 1)·max(M, Lw) + M − 1 +
+        latency + 1`` (``row_map``: ``gather`` or ``scatter``); see the module docstring. Raises
+        ``ValueError`` for shapes the unit refuses.
         """
         kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed)
-        pre = max(lw, nt if bias else 0, m if row_scale else 0)
+        pre = self._pre(m, lw, nt, bias, row_scale, row_map)
         return self.PRE_CYCLES + pre + (kt * nt - 1) * p + m - 1 + self.latency + self.DONE_CYCLES
 
     def ideal_cycles(self, m, k, n):
         """``M·K·N / (rows·cols)``: cycles if every PE did a useful MAC every cycle."""
         return m * k * n / self._config.array.n_pes
 
-    def loss_breakdown(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False):
+    def loss_breakdown(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False,
+                       row_map=False):
         """Where :meth:`cycles` goes, in cycles of the whole array.
 
         Returns a dict: ``ideal`` (useful MACs / PEs), ``tile_edges`` (PEs idle because K or N
@@ -438,7 +464,7 @@ class ComputeUnit(wiring.Component):
         kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed)
         j = kt * nt
         ideal = self.ideal_cycles(m, k, n)
-        pre = max(lw, nt if bias else 0, m if row_scale else 0)
+        pre = self._pre(m, lw, nt, bias, row_scale, row_map)
         return {
             "ideal": ideal,
             "tile_edges": j * m - ideal,
@@ -455,13 +481,16 @@ class ComputeUnit(wiring.Component):
 
     def command(self, m, k, n, *, x_fmt, w_fmt, out_fmt, x_base, y_base, x_stride=None,
                 y_stride=None, w_from_abuf=False, w_base=0, w_stride=None, w_transposed=False,
-                bias=False, gelu=False, row_scale=False, accumulate=False):
+                gather=False, scatter=False, bias=False, gelu=False, row_scale=False,
+                accumulate=False):
         """Build a ``cmd`` payload (a dict for ``ctx.set``), refusing what the unit cannot do.
 
         Shapes, formats and abuf regions are checked here with ``ValueError``/``TypeError``; the
         hardware checks sizes and formats again and answers a bad command with an error status.
         Strides default to the rows' word counts (X: ``K`` elements, W: ``K`` or, transposed,
-        ``N``; output: ``N``).
+        ``N``; output: ``N``). With ``gather`` (``scatter``) the X (output) rows lie at the
+        offsets of the ``r`` stream: only the first row at ``x_base`` (``y_base``) is checked
+        here, the offsets are the caller's to keep inside the buffer.
         """
         cfg = self._config
         acfg = cfg.array
@@ -505,7 +534,8 @@ class ComputeUnit(wiring.Component):
         y_stride = self.words_per_row(n) if y_stride is None else y_stride
         if w_stride is None:
             w_stride = self.words_per_row(n if w_transposed else k)
-        regions = [("X", x_base, x_stride, m, k), ("output", y_base, y_stride, m, n)]
+        regions = [("X", x_base, x_stride, 1 if gather else m, k),
+                   ("output", y_base, y_stride, 1 if scatter else m, n)]
         if w_from_abuf:
             regions.append(("W", w_base, w_stride, k if w_transposed else n,
                             n if w_transposed else k))
@@ -525,6 +555,7 @@ class ComputeUnit(wiring.Component):
             "w_base": w_base, "w_stride": w_stride,
             "y_base": y_base, "y_stride": y_stride,
             "w_from_abuf": int(bool(w_from_abuf)), "w_transposed": int(bool(w_transposed)),
+            "gather": int(bool(gather)), "scatter": int(bool(scatter)),
             "bias": int(bool(bias)), "gelu": int(bool(gelu)),
             "row_scale": int(bool(row_scale)), "accumulate": int(bool(accumulate)),
             "q_shift": q_shift, "b_shift": max(b_shift, 0), "out_bits": out_fmt.width,
@@ -593,6 +624,7 @@ class ComputeUnit(wiring.Component):
         m.submodules.acc_mem = acc_mem = self.acc_mem
         m.submodules.bias_mem = bias_mem = self.bias_mem
         m.submodules.scale_mem = scale_mem = self.scale_mem
+        m.submodules.row_mem = row_mem = self.row_mem
         m.submodules.w_queue = wq = self.w_queue
         wiring.connect(m, wiring.flipped(self.w), wq.i)
 
@@ -602,6 +634,8 @@ class ComputeUnit(wiring.Component):
         bias_rd = bias_mem.read_port()
         scale_wr = scale_mem.write_port()
         scale_rd = scale_mem.read_port()
+        row_wr = row_mem.write_port()
+        row_rd = row_mem.read_port(transparent_for=(row_wr,))
 
         # -- command register and decode ------------------------------------------------------
         c = Signal(command_layout(cfg))
@@ -741,17 +775,24 @@ class ComputeUnit(wiring.Component):
 
         J_MAX = cfg.max_kt * cfg.max_nt
 
-        # -- side loaders: biases and row scales ----------------------------------------------
+        # -- side loaders: biases, row scales and row offsets ---------------------------------
         b_idx = Signal(range(cfg.max_nt + 1))
         b_n0 = Signal(range(cfg.max_n + C))
         b_done = Signal()
         s_idx = Signal(range(cfg.max_m + 1))
         s_done = Signal()
+        r_idx = Signal(range(cfg.max_m + 1))
+        r_done = Signal()
+        row_map = c.gather | c.scatter
         side_ready = Signal()
         m.d.comb += [
             self.b.ready.eq(running & c.bias & ~b_done),
             self.s.ready.eq(running & c.row_scale & ~s_done),
-            side_ready.eq((~c.bias | b_done) & (~c.row_scale | s_done)),
+            self.r.ready.eq(running & row_map & ~r_done),
+            side_ready.eq((~c.bias | b_done) & (~c.row_scale | s_done) & (~row_map | r_done)),
+            row_wr.addr.eq(r_idx),
+            row_wr.data.eq(self.r.payload),
+            row_wr.en.eq(self.r.valid & self.r.ready),
             bias_wr.addr.eq(b_idx),
             bias_wr.en.eq(self.b.valid & self.b.ready),
             scale_wr.addr.eq(s_idx),
@@ -761,7 +802,8 @@ class ComputeUnit(wiring.Component):
         for j in range(C):
             m.d.comb += bias_wr.data[j].eq(self.b.payload[j] << c.b_shift)
         with m.If(start):
-            m.d.sync += [b_idx.eq(0), b_n0.eq(0), b_done.eq(0), s_idx.eq(0), s_done.eq(0)]
+            m.d.sync += [b_idx.eq(0), b_n0.eq(0), b_done.eq(0), s_idx.eq(0), s_done.eq(0),
+                         r_idx.eq(0), r_done.eq(0)]
         with m.If(self.b.valid & self.b.ready):
             m.d.sync += [b_idx.eq(b_idx + 1), b_n0.eq(b_n0 + C)]
             with m.If(b_n0 + C >= c.n):
@@ -770,6 +812,10 @@ class ComputeUnit(wiring.Component):
             m.d.sync += s_idx.eq(s_idx + 1)
             with m.If(s_idx == c.m - 1):
                 m.d.sync += s_done.eq(1)
+        with m.If(self.r.valid & self.r.ready):
+            m.d.sync += r_idx.eq(r_idx + 1)
+            with m.If(r_idx == c.m - 1):
+                m.d.sync += r_done.eq(1)
 
         # -- the compute side: X rows ----------------------------------------------------------
         cp = tile_pos("c")
@@ -779,6 +825,8 @@ class ComputeUnit(wiring.Component):
         c_done = Signal()
         x_addr = Signal(unsigned(cfg.addr_bits))
         y_addr = Signal(unsigned(cfg.addr_bits))
+        x_row0 = Signal(unsigned(cfg.addr_bits))    # row 0 of the tile's X and output words
+        y_row0 = Signal(unsigned(cfg.addr_bits))
         l_pass = Signal(range(J_MAX + 1))
         c_issue = Signal()
         c_last_k = Signal()
@@ -794,7 +842,9 @@ class ComputeUnit(wiring.Component):
         with m.If(start):
             m.d.sync += reset_pos(cp) + [c_pass.eq(0), c_m.eq(0), c_nt.eq(0), c_done.eq(0),
                                         x_addr.eq(self.cmd.payload.x_base),
-                                        y_addr.eq(self.cmd.payload.y_base)]
+                                        y_addr.eq(self.cmd.payload.y_base),
+                                        x_row0.eq(self.cmd.payload.x_base),
+                                        y_row0.eq(self.cmd.payload.y_base)]
         with m.Elif(c_issue):
             m.d.sync += [x_addr.eq(x_addr + c.x_stride), y_addr.eq(y_addr + c.y_stride),
                          c_m.eq(c_m + 1)]
@@ -804,17 +854,25 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += next_k(cp) + [
                         x_addr.eq(c.x_base + k_word_after(cp)),
                         y_addr.eq(c.y_base + cp["nword"]),
+                        x_row0.eq(c.x_base + k_word_after(cp)),
                     ]
                 with m.Elif(~c_last_n):
                     m.d.sync += next_n(cp) + [
                         c_nt.eq(c_nt + 1),
                         x_addr.eq(c.x_base),
                         y_addr.eq(c.y_base + n_word_after(cp)),
+                        x_row0.eq(c.x_base),
+                        y_row0.eq(c.y_base + n_word_after(cp)),
                     ]
                 with m.Else():
                     m.d.sync += c_done.eq(1)
         c_started = Signal(range(J_MAX + 2))
         m.d.comb += c_started.eq(c_pass + ((c_m != 0) | c_issue))
+        # Row maps: the offset of the row being issued is read a cycle ahead (the address of
+        # the row after the issue), so it is on row_rd.data when the row issues.
+        m.d.comb += row_rd.addr.eq(Mux(c_issue, Mux(c_last_row, 0, c_m + 1), c_m))
+        x_issue_addr = Mux(c.gather, x_row0 + row_rd.data, x_addr)
+        y_issue_addr = Mux(c.scatter, y_row0 + row_rd.data, y_addr)
 
         # X pipeline: issue (abuf address) → x1 (word read) → x2 (group, mask) → array.x.
         # Each stage is its own module (pysim evaluates a module's combinational logic as one
@@ -834,7 +892,7 @@ class ComputeUnit(wiring.Component):
                 x1.first.eq(c_m == 0),
                 x1.tag.m.eq(c_m),
                 x1.tag.nt.eq(c_nt),
-                x1.tag.y_addr.eq(y_addr),
+                x1.tag.y_addr.eq(y_issue_addr),
                 x1.tag.ngroup.eq(cp["ngroup"]),
                 x1.tag.nvalid.eq(nvalid),
                 x1.tag.first_k.eq(cp["k0"] == 0),
@@ -1084,7 +1142,7 @@ class ComputeUnit(wiring.Component):
                 y_wr.en.eq(Mux(self.ext.w_en & ~self.busy, (1 << L) - 1, 0)),
             ]
         m.d.comb += [
-            x_rd.addr.eq(Mux(running, x_addr, self.ext.r_addr)),
+            x_rd.addr.eq(Mux(running, x_issue_addr, self.ext.r_addr)),
             self.ext.r_data.eq(x_rd.data),
         ]
         return m
