@@ -296,8 +296,7 @@ class ComputeDriver:
         """:meth:`ComputeUnit.cycles` for one product."""
         m, k, n = p.shape
         return self.unit.cycles(m, k, n, w_transposed=p.w_source == "abuf_t",
-                                bias=p.bias is not None, row_scale=p.row_scale is not None,
-                                row_map=p.gather or p.scatter)
+                                bias=p.bias is not None, row_scale=p.row_scale is not None)
 
     # -- testbenches ------------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ def _mapped(kind, m, k, n, rng, *, mode, spare):
 def test_row_maps_bit_exact_and_cycles(jobs, seed, p_idle, sim_args):
     """Gathered X rows and scattered output rows (the MoE experts' fc1 and fc2): the result
     equals the twin on the mapped rows, every other row and padding lane is left alone, and
-    without bubbles the cycles equal the formula (the ``M`` offsets load with the first tile)."""
+    without bubbles the cycles equal the formula (the offsets cost nothing)."""
     unit = _unit(2, 3)
     rng = np.random.default_rng(seed)
     products = [_mapped(kind, m, k, n, rng, mode=mode, spare=spare)

@@ -387,7 +387,7 @@ class _Feeder(wiring.Component):
 
 
 class MoELayer(wiring.Component):
-    """One MoE layer: routing, reordering, expert weights from DDR, experts, combine.
+    """One MoE layer: routing, reordering, expert weights from DDR, the experts in place.
 
     Everything happens on chip except the weight fetch. ``u`` (the block's LN2 output, N × D in
     ``ln_out``) and ``x`` (the residual, N × D in ``act``) are token matrices in the compute
@@ -585,9 +585,8 @@ class MoELayer(wiring.Component):
         """Compute-unit cycles of one expert with ``n_tok`` tokens: fc1 (its X rows gathered
         from ``u``) and fc2 (its rows scaled and added into ``x`` where they belong)."""
         cfg = self._config
-        return (self._cmd_cycles(n_tok, cfg.dim, cfg.hidden, bias=True, row_map=True) +
-                self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True,
-                                 row_map=True))
+        return (self._cmd_cycles(n_tok, cfg.dim, cfg.hidden, bias=True) +
+                self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True))
 
     def expert_cycles(self, n_tok):
         """Engine cycles of one expert with ``n_tok`` tokens when weights never stall: fc1 and

@@ -38,9 +38,8 @@ Cycle formula
 From the cycle a command is accepted on ``cmd`` to the cycle ``done.valid`` rises, with every
 stream ready when the unit wants it::
 
-    cycles(M, K, N) = PRE + max(Lw, NT·bias, M·rows_in) + (J − 1)·P + M + POST
+    cycles(M, K, N) = PRE + max(Lw, NT·bias, M·row_scale) + (J − 1)·P + M + POST
     P    = max(M, Lw)          Lw = rows if w_transposed else cols
-    rows_in = row_scale or gather or scatter (a value per row on ``s`` or ``r`` first)
     J    = ceil(K/rows)·ceil(N/cols)
     PRE  = 2                   (accept, decode)
     POST = 2 (buffer read, operand select) + array latency + 2 (accumulate)
@@ -68,7 +67,9 @@ output of one product is directly the X (or W) operand of the next one.
 Row maps (the MoE experts): with ``gather``, X row ``m`` is the row at word ``x_base + r[m]``
 instead of ``x_base + m·x_stride``; with ``scatter``, output row ``m`` (and the old row it
 accumulates into) is the row at ``y_base + r[m]``. The ``M`` word offsets ``r[m]`` come on the
-``r`` stream at the start of the command, like the row scales. An expert's tokens are thus read
+``r`` stream from the start of the command; a row of the first pass issues once its offset is
+in (one a cycle keeps ahead of the rows, which wait for the first tile), so they cost no
+cycle. An expert's tokens are thus read
 straight from the token matrix and its results added straight into the residual, in place,
 without copying them to and from a contiguous scratch area.
 
@@ -431,28 +432,22 @@ class ComputeUnit(wiring.Component):
         lw = a.rows if w_transposed else a.cols
         return kt, nt, lw, max(m, lw)
 
-    def _pre(self, m, lw, nt, bias, row_scale, row_map):
-        """Cycles before the first pass: the first tile, the biases, the per-row streams."""
-        return max(lw, nt if bias else 0, m if row_scale or row_map else 0)
-
-    def cycles(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False,
-               row_map=False):
+    def cycles(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False):
         """Cycles from the ``cmd`` transfer to ``done.valid`` with every stream ready.
 
-        ``PRE + max(Lw, NT·bias, M·(row_scale | row_map)) + (J − 1)·max(M, Lw) + M − 1 +
-        latency + 1`` (``row_map``: ``gather`` or ``scatter``); see the module docstring. Raises
+        ``PRE + max(Lw, NT·bias, M·row_scale) + (J − 1)·max(M, Lw) + M − 1 + latency + 1``; see
+        the module docstring (the row offsets of ``gather``/``scatter`` add nothing). Raises
         ``ValueError`` for shapes the unit refuses.
         """
         kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed)
-        pre = self._pre(m, lw, nt, bias, row_scale, row_map)
+        pre = max(lw, nt if bias else 0, m if row_scale else 0)
         return self.PRE_CYCLES + pre + (kt * nt - 1) * p + m - 1 + self.latency + self.DONE_CYCLES
 
     def ideal_cycles(self, m, k, n):
         """``M·K·N / (rows·cols)``: cycles if every PE did a useful MAC every cycle."""
         return m * k * n / self._config.array.n_pes
 
-    def loss_breakdown(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False,
-                       row_map=False):
+    def loss_breakdown(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False):
         """Where :meth:`cycles` goes, in cycles of the whole array.
 
         Returns a dict: ``ideal`` (useful MACs / PEs), ``tile_edges`` (PEs idle because K or N
@@ -464,7 +459,7 @@ class ComputeUnit(wiring.Component):
         kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed)
         j = kt * nt
         ideal = self.ideal_cycles(m, k, n)
-        pre = self._pre(m, lw, nt, bias, row_scale, row_map)
+        pre = max(lw, nt if bias else 0, m if row_scale else 0)
         return {
             "ideal": ideal,
             "tile_edges": j * m - ideal,
@@ -789,7 +784,7 @@ class ComputeUnit(wiring.Component):
             self.b.ready.eq(running & c.bias & ~b_done),
             self.s.ready.eq(running & c.row_scale & ~s_done),
             self.r.ready.eq(running & row_map & ~r_done),
-            side_ready.eq((~c.bias | b_done) & (~c.row_scale | s_done) & (~row_map | r_done)),
+            side_ready.eq((~c.bias | b_done) & (~c.row_scale | s_done)),
             row_wr.addr.eq(r_idx),
             row_wr.data.eq(self.r.payload),
             row_wr.en.eq(self.r.valid & self.r.ready),
@@ -832,11 +827,13 @@ class ComputeUnit(wiring.Component):
         c_last_k = Signal()
         c_last_n = Signal()
         c_last_row = Signal()
+        row_ok = Signal()         # the row's offset is in (row maps: the first pass may wait)
         m.d.comb += [
+            row_ok.eq(~row_map | r_done | (r_idx > c_m)),
             c_last_k.eq(cp["k0"] + R >= c.k),
             c_last_n.eq(cp["n0"] + C >= c.n),
             c_last_row.eq(c_m == c.m - 1),
-            c_issue.eq(running & ~c_done
+            c_issue.eq(running & ~c_done & row_ok
                        & ((c_m != 0) | ((l_pass > c_pass) & side_ready))),
         ]
         with m.If(start):

@@ -17,7 +17,7 @@ Figures
 ``bit_exact``
     The layer's ``x`` equals the twin's, and the status is OK.
 ``cycles``
-    From ``start`` to ``done`` (routing, reordering, every expert, the combine).
+    From ``start`` to ``done`` (routing, reordering, every expert).
 ``bytes_fetched``, ``bytes_expected``
     Expert weight bytes read from DDR, and the bytes of the used experts' four parts, once each
     (:meth:`hdl.moe.layout.ImageLayout.bytes_for_expert` × ``experts_used``).
