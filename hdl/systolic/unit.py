@@ -69,9 +69,8 @@ instead of ``x_base + m·x_stride``; with ``scatter``, output row ``m`` (and the
 accumulates into) is the row at ``y_base + r[m]``. The ``M`` word offsets ``r[m]`` come on the
 ``r`` stream from the start of the command; a row of the first pass issues once its offset is
 in (one a cycle keeps ahead of the rows, which wait for the first tile), so they cost no
-cycle. An expert's tokens are thus read
-straight from the token matrix and its results added straight into the residual, in place,
-without copying them to and from a contiguous scratch area.
+cycle. An expert's tokens are thus read straight from the token matrix and its results added
+straight into the residual, in place, without copying them to and from a scratch area.
 
 W comes from the ``w`` stream (weights, fed by the DMA) or from ``abuf`` (attention: keys and
 values are activations). A matrix stored ``(N, K)`` — weights, the keys K of Q·Kᵀ — is loaded by
@@ -240,7 +239,8 @@ class ComputeUnit(wiring.Component):
         output row. Taken at the start of the command.
     r : In(stream.Signature(unsigned(addr_bits)))
         Row offsets for commands with ``gather`` or ``scatter``: ``M`` abuf word offsets, one
-        per X/output row (from ``x_base`` and ``y_base``). Taken at the start of the command.
+        per X/output row (from ``x_base`` and ``y_base``). Taken from the start of the command;
+        a row of the first pass waits for its offset.
     ext : In(ext_signature(config))
         Access to the activation buffer while the unit is idle (writes are ignored while busy).
     busy : Out(1)
