@@ -36,9 +36,11 @@ elements (act format); :meth:`CompiledModel.unpack_output` returns the N × D in
 Activation buffer plan
 ----------------------
 ``x`` (the residual stream, N × D) and ``u`` (LayerNorm output) stay for the whole frame; one
-shared region after them holds, in turn, the patches (patch embedding), ``qkv`` + the scores of
-one head + the attention output (attention), the hidden layer (dense MLP) and the MoE engine's
-scratch area. The softmax works in place on the scores.
+shared region after them holds, in turn, the patches (patch embedding), ``qkv`` + two score
+areas + the attention output (attention), the hidden layer (dense MLP) and the MoE engine's
+scratch area. The softmax works in place on the scores. Heads use the two score areas in turn,
+so that the softmax of one head runs beside the attention products of its neighbours
+(docs/program.md, "The program of one frame").
 
 Refused models
 --------------
@@ -100,8 +102,10 @@ class AbufPlan:
         Elements per word, L.
     x, u, shared : int
         Base word of the residual stream, of the LayerNorm output and of the shared region.
-    qkv, scores, attn, hidden, patches, scratch : int
+    qkv, attn, hidden, patches, scratch : int
         Bases inside the shared region.
+    scores : tuple of int
+        The two score areas (head ``h`` uses ``scores[h % 2]``).
     row_words, qkv_words, score_words, hidden_words, patch_words : int
         Words per row of each matrix.
     words : int
@@ -113,7 +117,7 @@ class AbufPlan:
     u: int
     shared: int
     qkv: int
-    scores: int
+    scores: tuple
     attn: int
     hidden: int
     patches: int
@@ -338,7 +342,7 @@ def _plan(cfg, config):
     shared = 2 * n * wd
     qkv = shared
     scores = qkv + n * wq
-    attn = scores + n * ws
+    attn = scores + 2 * n * ws
     attn_end = attn + n * wd
     scratch_words = config.moe.scratch_words if cfg.moe_blocks else 0
     size = max(cfg.num_patches * wp, attn_end - shared, n * wh, scratch_words)
@@ -349,7 +353,8 @@ def _plan(cfg, config):
                          f"abuf_depth = {c.abuf_depth}. A token matrix that does not fit on "
                          f"chip would have to be spilled to DDR, which this compiler does not "
                          f"emit")
-    return AbufPlan(lanes=L, x=x, u=u, shared=shared, qkv=qkv, scores=scores, attn=attn,
+    return AbufPlan(lanes=L, x=x, u=u, shared=shared, qkv=qkv,
+                    scores=(scores, scores + n * ws), attn=attn,
                     hidden=shared, patches=shared, scratch=shared, row_words=wd, qkv_words=wq,
                     score_words=ws, hidden_words=wh, patch_words=wp, words=words)
 
@@ -439,21 +444,29 @@ def compile_model(qm, config):
         dense(qm[b + "qkv_w"], qm[b + "qkv_b"], b + "qkv", m=n, x_fmt=nx.ln_out,
               w_fmt=nx.weight, out_fmt=nx.qkv, x_base=plan.u, x_stride=plan.row_words,
               y_base=plan.qkv, y_stride=plan.qkv_words)
+        # Heads overlap, two score areas in turn: Q·Kᵀ of head h runs beside the softmax of
+        # head h − 1; A·V of head h − 1 comes after the softmax of head h (which started only
+        # once that of h − 1 was done) and runs beside it, so only the last head's A·V waits.
+        def attention_out(h, flags=0):
+            matmul(n, n, hd, x_fmt=nx.prob, w_fmt=nx.qkv, out_fmt=nx.act,
+                   x_base=plan.scores[h % 2], x_stride=plan.score_words,
+                   w_base=plan.qkv + 2 * d // L + h * hd // L, w_stride=plan.qkv_words,
+                   y_base=plan.attn + h * hd // L, y_stride=plan.row_words,
+                   flags=MatmulFlags.W_FROM_ABUF | MatmulFlags.W_TRANSPOSED | flags)
+
         for h in range(cfg.heads):
             col = h * hd // L
             matmul(n, hd, n, x_fmt=nx.qkv, w_fmt=nx.qkv, out_fmt=nx.score,
                    x_base=plan.qkv + col, x_stride=plan.qkv_words,
                    w_base=plan.qkv + d // L + col, w_stride=plan.qkv_words,
-                   y_base=plan.scores, y_stride=plan.score_words,
+                   y_base=plan.scores[h % 2], y_stride=plan.score_words,
                    flags=MatmulFlags.W_FROM_ABUF)
             prog.emit(Opcode.SOFTMAX, rows=n, n=n, scale=sm_scale, fmt=sm_fmt,
-                      in_base=plan.scores, in_stride=plan.score_words,
-                      out_base=plan.scores, out_stride=plan.score_words)
-            matmul(n, n, hd, x_fmt=nx.prob, w_fmt=nx.qkv, out_fmt=nx.act,
-                   x_base=plan.scores, x_stride=plan.score_words,
-                   w_base=plan.qkv + 2 * d // L + col, w_stride=plan.qkv_words,
-                   y_base=plan.attn + col, y_stride=plan.row_words,
-                   flags=MatmulFlags.W_FROM_ABUF | MatmulFlags.W_TRANSPOSED)
+                      in_base=plan.scores[h % 2], in_stride=plan.score_words,
+                      out_base=plan.scores[h % 2], out_stride=plan.score_words)
+            if h:
+                attention_out(h - 1)
+        attention_out(cfg.heads - 1, MatmulFlags.WAIT_SOFTMAX)
         dense(qm[b + "proj_w"], qm[b + "proj_b"], b + "proj", m=n, x_fmt=nx.act,
               w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.attn, x_stride=plan.row_words,
               y_base=plan.x, y_stride=plan.row_words, flags=MatmulFlags.ACCUMULATE)

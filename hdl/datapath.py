@@ -16,9 +16,14 @@
             ▲ w, b (weights, biases)          ▲ LayerNorm parameters
             └──── ParamStream (DDR, read ahead, a bus word per stream port per cycle) ──┘
 
-The sequencer executes one instruction at a time (:mod:`hdl.isa`); the parameter stream is read
-ahead independently, so weights of the next product arrive while the current one computes.
-The activation buffer's external port belongs to the engine of the current instruction.
+The sequencer executes one instruction at a time (:mod:`hdl.isa`), except that a SOFTMAX only
+starts the softmax engine: the rows go through the softmax unit while the next instructions
+run, and every later instruction but a MATMUL without ``WAIT_SOFTMAX`` waits until the engine is
+done. So the softmax of one attention head runs beside the products of another, taking the
+cycles the compute unit leaves the activation buffer's second read port and its write port
+(the compute unit has priority). The parameter stream is read ahead independently, so weights
+of the next product arrive while the current one computes. The activation buffer's external
+port belongs to the engine of the current instruction (the softmax engine's while it runs).
 
 Errors stop the sequencer with an :class:`hdl.regmap.ErrorCode` (``failed``/``code``); ``END``
 raises ``finished``. Both stay until the datapath is reset (:class:`hdl.top.Accelerator` resets
@@ -54,7 +59,7 @@ def event_layout():
         "stall_weights": 1,      # a MATMUL waits for weights from DDR
         "stall_ddr_read": 1,     # a LOAD waits for DDR data
         "stall_ddr_write": 1,    # a STORE waits for the DDR writes
-        "stall_softmax": 1,      # a SOFTMAX instruction is executing
+        "stall_softmax": 1,      # an instruction waits for the softmax engine
         "stall_layernorm": 1,    # a LAYERNORM instruction is executing
         "stall_program": 1,      # the sequencer waits for the next instruction
         "instruction": 1,        # an instruction is dispatched
@@ -239,6 +244,16 @@ class Datapath(wiring.Component):
                                  moe.ext.w_en.eq(req.w_en), moe.ext.w_data.eq(req.w_data)]
         rdata = moe.ext.r_data.as_value()
         m.d.comb += [st.ext_rdata.eq(rdata), lne.ext_rdata.eq(rdata), sme.ext_rdata.eq(rdata)]
+        # Whether the port takes the selected engine's read and write in this cycle (always
+        # while the compute unit is idle; the softmax engine runs beside products).
+        m.d.comb += [
+            ld.ext_w_ok.eq(moe.ext.w_ok & (ext_sel == SEL_LOAD)),
+            st.ext_r_ok.eq(moe.ext.r_ok & (ext_sel == SEL_STORE)),
+            lne.ext_r_ok.eq(moe.ext.r_ok & (ext_sel == SEL_LN)),
+            lne.ext_w_ok.eq(moe.ext.w_ok & (ext_sel == SEL_LN)),
+            sme.ext_r_ok.eq(moe.ext.r_ok & (ext_sel == SEL_SM)),
+            sme.ext_w_ok.eq(moe.ext.w_ok & (ext_sel == SEL_SM)),
+        ]
 
         # -- LayerNorm and softmax units ------------------------------------------------------
         ln_param_en = Signal()
@@ -258,13 +273,19 @@ class Datapath(wiring.Component):
             lne.uo.payload.last.eq(ln.o.payload.last),
         ]
         rows_f = ins.args.rows
+        # The softmax's scale and input format, held while its engine runs (the sequencer
+        # decodes the next instructions meanwhile).
+        sm_scale = Signal.like(rows_f.scale)
+        sm_fmt = Signal.like(rows_f.fmt)
+        with m.If(sme.start):
+            m.d.sync += [sm_scale.eq(rows_f.scale), sm_fmt.eq(rows_f.fmt)]
         m.d.comb += [
             sm_i.valid.eq(sme.ui.valid), sme.ui.ready.eq(sm_i.ready),
             sm_i.payload.data.eq(sme.ui.payload.data),
             sm_i.payload.count.eq(sme.ui.payload.count),
             sm_i.payload.last.eq(sme.ui.payload.last),
-            sm_i.payload.scale.eq(rows_f.scale),
-            sm_i.payload.fmt.eq(rows_f.fmt),
+            sm_i.payload.scale.eq(sm_scale),
+            sm_i.payload.fmt.eq(sm_fmt),
             sme.uo.valid.eq(sm_o.valid), sm_o.ready.eq(sme.uo.ready),
             sme.uo.payload.data.eq(sm_o.payload.data),
             sme.uo.payload.count.eq(sm_o.payload.count),
@@ -323,7 +344,7 @@ class Datapath(wiring.Component):
                                                  "y_base", "y_stride"))).any()
             | mm.q_shift[shift_w:].any() | mm.b_shift[shift_w:].any()
             | mm.out_bits[len(cmd.out_bits):].any()
-            | flags[4] | flags[6:].any())
+            | flags[4] | flags[7:].any())
         # Weight words of the MATMUL (from the stream) and those delivered: for the stall count.
         w_expected = Signal(32)
         w_delivered = Signal(32)
@@ -424,61 +445,67 @@ class Datapath(wiring.Component):
                 guard()
 
             with m.State("DECODE"):
-                with m.Switch(ins.opcode):
-                    with m.Case(Opcode.END):
-                        m.next = "FINISHED"
-                    with m.Case(Opcode.LOAD, Opcode.STORE):
-                        is_load = ins.opcode == Opcode.LOAD
-                        ok_base = Mux(is_load, (xfer.base == Base.INPUT)
-                                      | (xfer.base == Base.WEIGHTS), xfer.base == Base.OUTPUT)
-                        base = Mux(xfer.base == Base.INPUT, iaddr,
-                                   Mux(xfer.base == Base.WEIGHTS, waddr, oaddr))
-                        m.d.sync += ddr_addr.eq(base + xfer.offset)
-                        with m.If(~ok_base | (xfer.addr + xfer.words > depth)):
+                # The softmax engine runs on while the sequencer goes on (SOFTMAX only starts
+                # it); every instruction but a MATMUL without WAIT_SOFTMAX waits for it here.
+                sm_wait = sme.busy & ((ins.opcode != Opcode.MATMUL) | flags[6])
+                with m.If(sm_wait):
+                    m.d.comb += ev.stall_softmax.eq(1)
+                with m.Else():
+                    with m.Switch(ins.opcode):
+                        with m.Case(Opcode.END):
+                            m.next = "FINISHED"
+                        with m.Case(Opcode.LOAD, Opcode.STORE):
+                            is_load = ins.opcode == Opcode.LOAD
+                            ok_base = Mux(is_load, (xfer.base == Base.INPUT)
+                                          | (xfer.base == Base.WEIGHTS), xfer.base == Base.OUTPUT)
+                            base = Mux(xfer.base == Base.INPUT, iaddr,
+                                       Mux(xfer.base == Base.WEIGHTS, waddr, oaddr))
+                            m.d.sync += ddr_addr.eq(base + xfer.offset)
+                            with m.If(~ok_base | (xfer.addr + xfer.words > depth)):
+                                m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
+                                m.next = "FAILED"
+                            with m.Elif(is_load):
+                                m.next = "LOAD"
+                            with m.Else():
+                                m.next = "STORE"
+                        with m.Case(Opcode.MATMUL):
+                            m.d.sync += [w_expected.eq(nt * kt * a.cols), w_delivered.eq(0)]
+                            with m.If(mm_bad):
+                                m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
+                                m.next = "FAILED"
+                            with m.Else():
+                                m.next = "MM_ISSUE"
+                        with m.Case(Opcode.LAYERNORM, Opcode.SOFTMAX):
+                            is_ln = ins.opcode == Opcode.LAYERNORM
+                            bad_rows = ((rows_f.n == 0) | (rows_f.rows == 0)
+                                        | (rows_f.rows > cc.max_m)
+                                        | Cat(*(getattr(rows_f, f)[ab:] for f in
+                                                ("in_base", "in_stride", "out_base",
+                                                 "out_stride"))).any())
+                            bad_ln = rows_f.n > lc.max_len
+                            bad_sm = ((rows_f.n > sc.max_len) | (rows_f.fmt >= len(sc.in_formats))
+                                      | (rows_f.scale > sc.scale_max))
+                            with m.If(bad_rows | Mux(is_ln, bad_ln, bad_sm)):
+                                m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
+                                m.next = "FAILED"
+                            with m.Elif(is_ln):
+                                m.d.sync += [ln_param_en.eq(1), ext_sel.eq(SEL_LN)]
+                                m.next = "LN_PARAMS"
+                            with m.Else():
+                                m.d.sync += ext_sel.eq(SEL_SM)
+                                m.d.comb += sme.start.eq(1)
+                                m.next = "FETCH"
+                        with m.Case(Opcode.MOE):
+                            with m.If(cu.busy):
+                                m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
+                                m.next = "FAILED"
+                            with m.Else():
+                                m.d.sync += ext_sel.eq(SEL_NONE)
+                                m.d.comb += moe.start.eq(1)
+                                m.next = "MOE_START"
+                        with m.Default():
                             m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
                             m.next = "FAILED"
-                        with m.Elif(is_load):
-                            m.next = "LOAD"
-                        with m.Else():
-                            m.next = "STORE"
-                    with m.Case(Opcode.MATMUL):
-                        m.d.sync += [w_expected.eq(nt * kt * a.cols), w_delivered.eq(0)]
-                        with m.If(mm_bad):
-                            m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
-                            m.next = "FAILED"
-                        with m.Else():
-                            m.next = "MM_ISSUE"
-                    with m.Case(Opcode.LAYERNORM, Opcode.SOFTMAX):
-                        is_ln = ins.opcode == Opcode.LAYERNORM
-                        bad_rows = ((rows_f.n == 0) | (rows_f.rows == 0)
-                                    | (rows_f.rows > cc.max_m)
-                                    | Cat(*(getattr(rows_f, f)[ab:] for f in
-                                            ("in_base", "in_stride", "out_base",
-                                             "out_stride"))).any())
-                        bad_ln = rows_f.n > lc.max_len
-                        bad_sm = ((rows_f.n > sc.max_len) | (rows_f.fmt >= len(sc.in_formats))
-                                  | (rows_f.scale > sc.scale_max))
-                        with m.If(bad_rows | Mux(is_ln, bad_ln, bad_sm)):
-                            m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
-                            m.next = "FAILED"
-                        with m.Elif(is_ln):
-                            m.d.sync += [ln_param_en.eq(1), ext_sel.eq(SEL_LN)]
-                            m.next = "LN_PARAMS"
-                        with m.Else():
-                            m.d.sync += ext_sel.eq(SEL_SM)
-                            m.d.comb += sme.start.eq(1)
-                            m.next = "SOFTMAX"
-                    with m.Case(Opcode.MOE):
-                        with m.If(cu.busy):
-                            m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
-                            m.next = "FAILED"
-                        with m.Else():
-                            m.d.sync += ext_sel.eq(SEL_NONE)
-                            m.d.comb += moe.start.eq(1)
-                            m.next = "MOE_START"
-                    with m.Default():
-                        m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
-                        m.next = "FAILED"
                 guard()
 
             with m.State("LOAD"):
@@ -535,12 +562,6 @@ class Datapath(wiring.Component):
                     m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
                     m.next = "FAILED"
                 with m.Elif(~lne.busy):
-                    m.d.sync += ext_sel.eq(SEL_NONE)
-                    m.next = "FETCH"
-                guard()
-            with m.State("SOFTMAX"):
-                m.d.comb += ev.stall_softmax.eq(1)
-                with m.If(~sme.busy):
                     m.d.sync += ext_sel.eq(SEL_NONE)
                     m.next = "FETCH"
                 guard()

@@ -42,7 +42,9 @@ def _log2(v):
 def ext_request_layout(addr_bits, word_bits):
     """What an engine drives on the activation buffer's external port: ``r_addr`` (the read
     data comes back one cycle later), ``w_addr``, ``w_en``, ``w_data``: a read and a write in the
-    same cycle."""
+    same cycle. The engine's ``ext_r_ok``/``ext_w_ok`` inputs say whether the port takes the
+    read/the write offered in this cycle (:func:`hdl.systolic.unit.ext_signature`); an engine
+    holds an access that is not taken."""
     return data.StructLayout({"r_addr": unsigned(addr_bits), "w_addr": unsigned(addr_bits),
                               "w_en": 1, "w_data": word_bits})
 
@@ -380,7 +382,7 @@ class RowEngine(wiring.Component):
     ``count`` and ``last``; the output side packs the unit's beats into words and writes them,
     only the ``ceil(n/L)`` words of each row (a partial last word has zeros past ``n``). A read
     and a write go to the external port in the same cycle, so a row costs ``max(words, beats)``
-    cycles. Output rows may overwrite input rows in place (a row is written only after it was
+    cycles while the port takes every access. Output rows may overwrite input rows in place (a row is written only after it was
     read).
 
     Members
@@ -392,6 +394,9 @@ class RowEngine(wiring.Component):
     ext : Out(ext_request_layout)
         The port request; ``ext_rdata`` is the word at the previous cycle's ``ext.r_addr``.
     ext_rdata : In(L·16)
+    ext_r_ok, ext_w_ok : In(1), high by default
+        The port takes this cycle's read/write (else the engine holds it): the softmax engine
+        runs beside a product in the cycles the compute unit leaves free.
     ui : Out(stream.Signature(row_beat_layout(in_width, lanes)))
     uo : In(stream.Signature(row_beat_layout(out_width, lanes)))
         The unit's output beats, as many as went in, with their ``count`` and ``last``; lanes
@@ -420,6 +425,7 @@ class RowEngine(wiring.Component):
             "busy": Out(1),
             "ext": Out(ext_request_layout(addr_bits, word_bits)),
             "ext_rdata": In(word_bits),
+            "ext_r_ok": In(1, init=1), "ext_w_ok": In(1, init=1),
             "ui": Out(stream.Signature(row_beat_layout(in_width, lanes_unit))),
             "uo": In(stream.Signature(row_beat_layout(out_width, lanes_unit))),
         })
@@ -454,7 +460,8 @@ class RowEngine(wiring.Component):
         issued_last = Signal()
         write_req = Signal()
         read = Signal()
-        m.d.comb += read.eq(~r_done & ~self.start & (wq.level + issued < self.WORD_QUEUE))
+        m.d.comb += read.eq(~r_done & ~self.start & (wq.level + issued < self.WORD_QUEUE)
+                            & self.ext_r_ok)
         m.d.sync += [issued.eq(read), issued_last.eq(read & (r_word == n_words - 1))]
         m.d.comb += [wq.i.valid.eq(issued), wq.i.payload.data.eq(self.ext_rdata),
                      wq.i.payload.row_last.eq(issued_last)]
@@ -592,7 +599,7 @@ class RowEngine(wiring.Component):
         # -- the port ---------------------------------------------------------------------
         m.d.comb += [
             write_req.eq(oq.o.valid),
-            oq.o.ready.eq(1),
+            oq.o.ready.eq(self.ext_w_ok),
             self.ext.r_addr.eq(r_addr + r_word),
             self.ext.w_addr.eq(oq.o.payload.addr),
             self.ext.w_en.eq(write_req),
@@ -600,7 +607,7 @@ class RowEngine(wiring.Component):
         ]
         with m.If(self.start):
             m.d.sync += [o_row.eq(0), w_done.eq(self.rows == 0)]
-        with m.Elif(oq.o.valid & oq.o.payload.row_last):
+        with m.Elif(oq.o.valid & oq.o.ready & oq.o.payload.row_last):
             m.d.sync += o_row.eq(o_row + 1)
             with m.If(o_row == rows - 1):
                 m.d.sync += w_done.eq(1)
@@ -629,6 +636,8 @@ class LoadEngine(wiring.Component):
     waiting : Out(1)
         Busy and no data to write in this cycle (DDR read latency or bandwidth).
     ext : Out(ext_request_layout)
+    ext_w_ok : In(1), high by default
+        The port takes this cycle's write.
     bus<j> : Out(AXI4Signature), for each of the ``ports`` managers
     error : Out(1)
         AXI error (sticky until reset).
@@ -654,6 +663,7 @@ class LoadEngine(wiring.Component):
             "busy": Out(1),
             "waiting": Out(1),
             "ext": Out(ext_request_layout(addr_bits, lanes * 16)),
+            "ext_w_ok": In(1, init=1),
             "error": Out(1),
         }
         for j in range(ports):
@@ -729,7 +739,7 @@ class LoadEngine(wiring.Component):
         # One buffer write per cycle: round robin between the pieces with a word ready.
         turn = Signal(range(max(P, 2)))
         grant = Signal(P)
-        valids = Cat(*(up.o.valid for up in ups))
+        valids = Cat(*(up.o.valid for up in ups)) & self.ext_w_ok.replicate(P)
         for k in range(P):
             # Priority starts at `turn`: piece (turn + k) mod P wins if none before it is valid.
             with m.If(turn == k):
@@ -778,6 +788,8 @@ class StoreEngine(wiring.Component):
         Busy, and every word has been read from the buffer or the writer is not taking data.
     ext : Out(ext_request_layout)
     ext_rdata : In(L·16)
+    ext_r_ok : In(1), high by default
+        The port takes this cycle's read.
     bus : Out(AXI4Signature)
     error : Out(1)
     """
@@ -801,6 +813,7 @@ class StoreEngine(wiring.Component):
             "waiting": Out(1),
             "ext": Out(ext_request_layout(addr_bits, lanes * 16)),
             "ext_rdata": In(lanes * 16),
+            "ext_r_ok": In(1, init=1),
             "bus": Out(self._master.bus.signature),
             "error": Out(1),
         })
@@ -828,7 +841,8 @@ class StoreEngine(wiring.Component):
         raddr = Signal(self._ab)
         issued = Signal()
         read = Signal()
-        m.d.comb += read.eq((left != 0) & (q.level + issued < self.QUEUE) & ~self.start)
+        m.d.comb += read.eq((left != 0) & (q.level + issued < self.QUEUE) & ~self.start
+                            & self.ext_r_ok)
         m.d.sync += issued.eq(read)
         m.d.comb += [q.i.valid.eq(issued), q.i.payload.eq(self.ext_rdata),
                      self.ext.r_addr.eq(raddr), self.ext.w_en.eq(0)]

@@ -28,8 +28,10 @@ opcode         what
                and biases not read from abuf come from the parameter stream
 ``LAYERNORM``  ``rows`` rows of ``n`` elements from abuf through the LayerNorm unit back into
                abuf; gains, biases and ``eps`` come from the parameter stream
-``SOFTMAX``    ``rows`` rows of ``n`` elements through the softmax unit (runtime ``scale``
-               and input format index ``fmt``), in place or elsewhere in abuf
+``SOFTMAX``    start ``rows`` rows of ``n`` elements through the softmax unit (runtime
+               ``scale`` and input format index ``fmt``), in place or elsewhere in abuf; the
+               engine runs beside the next instructions until one waits for it (every
+               instruction but a MATMUL without ``WAIT_SOFTMAX``)
 ``MOE``        one MoE layer (:class:`hdl.moe.layer.MoELayer`): layer ``layer``, router of
                the task in the ``TASK`` register, ``u``, ``x`` and scratch in abuf
 =============  ========================================================================
@@ -129,6 +131,9 @@ class MatmulFlags(py_enum.IntFlag):
     GELU = 8
     ROW_SCALE = 16
     ACCUMULATE = 32
+    #: Wait until the softmax engine is idle before the product starts (it reads the
+    #: probabilities a SOFTMAX writes; without it the product runs beside the softmax).
+    WAIT_SOFTMAX = 64
 
 
 #: The program header (the first 256 bits of the program).

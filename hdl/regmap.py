@@ -72,7 +72,7 @@ DEFAULT_COUNTERS = (
     ("stall_weights", "Cycles the array waited for expert weights (weight DMA behind)."),
     ("stall_ddr_read", "Cycles a DDR read (activations, program) held up the datapath."),
     ("stall_ddr_write", "Cycles a DDR write (results) held up the datapath."),
-    ("stall_softmax", "Cycles the array waited for the softmax unit."),
+    ("stall_softmax", "Cycles the sequencer waited for the softmax engine (time not hidden)."),
     ("stall_layernorm", "Cycles the array waited for the layer-norm unit."),
     ("ddr_read_bytes", "Bytes read from DDR over all AXI masters."),
     ("ddr_write_bytes", "Bytes written to DDR over all AXI masters."),

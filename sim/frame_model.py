@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """An analytic cycle model of a whole frame on :class:`hdl.top.Accelerator`.
 
-The accelerator executes one instruction at a time, so a frame's cycles are the sum of its
-instructions' cycles; each instruction is modelled from the formulas of the block that runs it:
+The accelerator executes one instruction at a time, but for the softmax: a SOFTMAX starts the
+softmax engine and the next instructions run beside it until one needs it idle (any but a
+MATMUL without ``WAIT_SOFTMAX``), which waits for it. So a frame's cycles are the sum of its
+instructions' cycles and of those waits; each instruction is modelled from the formulas of the
+block that runs it:
 
 ``MATMUL``
     ``max(ComputeUnit.cycles(M, K, N), stream bytes / parameter-path bandwidth)`` plus the
@@ -12,7 +15,9 @@ instructions' cycles; each instruction is modelled from the formulas of the bloc
 ``LAYERNORM``, ``SOFTMAX``
     ``rows · max(words, beats)``: the activation buffer's external port reads one word and
     writes one word per cycle; the unit takes one beat of ``lanes`` per cycle; plus the unit's
-    latency.
+    latency. A SOFTMAX costs the sequencer only its dispatch; its engine runs that long beside
+    the instructions after it (taking the buffer cycles the compute unit leaves free, which
+    the model does not count), and the wait for it is counted as ``SOFTMAX`` cycles.
 ``LOAD``, ``STORE``
     DDR latency plus the transfer: a STORE at one bus word per cycle, a LOAD at a bus word per
     cycle from each of its ``load_ports`` ports (at most one activation-buffer word per cycle).
@@ -24,8 +29,9 @@ instructions' cycles; each instruction is modelled from the formulas of the bloc
     the previous expert and its fetch plus its last pass.
 
 The *roofline* of a frame is ``max(compute-bound, DDR-bound)``: every product at the compute
-unit's formula plus the nonlinear units at their throughput, against every byte at the DDR's
-aggregate bandwidth.
+unit's formula plus the nonlinear units at their throughput (of the softmax, the part the
+program cannot hide behind products: the waits, with every product at its formula), against
+every byte at the DDR's aggregate bandwidth.
 """
 
 import math
@@ -131,15 +137,25 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
     unelaborated(cu, moe_engine)      # built for their cycle formulas only
     lay = c.moe.layout if cfg.moe_blocks else None
 
+    sm_end = 0          # when the softmax engine is done (frame cycles)
+    sm_wait = 0         # the current instruction's wait for it
+
     def add(op, cycles, bound, nbytes):
-        est.per_instruction.append({"op": op, "cycles": int(round(cycles)) + overhead,
-                                    "compute_bound": int(round(bound)), "ddr_bytes": int(nbytes)})
+        est.per_instruction.append({"op": op, "cycles": int(round(cycles)) + overhead + sm_wait,
+                                    "compute_bound": int(round(bound)) + sm_wait,
+                                    "ddr_bytes": int(nbytes)})
         by[op] = by.get(op, 0) + int(round(cycles))
         est.cycles += int(round(cycles)) + overhead
         est.compute_bound += int(round(bound))
         est.ddr_bytes += int(nbytes)
 
     for op, f in ops:
+        waits = op != Opcode.MATMUL or f["flags"] & MatmulFlags.WAIT_SOFTMAX
+        sm_wait = max(sm_end - est.cycles, 0) if waits else 0
+        if sm_wait:
+            by["SOFTMAX"] = by.get("SOFTMAX", 0) + sm_wait
+            est.cycles += sm_wait
+            est.compute_bound += sm_wait
         if op == Opcode.END:
             break
         if op in (Opcode.LOAD, Opcode.STORE):
@@ -168,8 +184,8 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
         elif op == Opcode.SOFTMAX:
             words = -(-f["n"] // L)
             beats = -(-f["n"] // sm.lanes)
-            cyc = f["rows"] * max(words, beats) + sm_lat
-            add(op.name, cyc, f["rows"] * beats, 0)
+            sm_end = est.cycles + overhead + f["rows"] * max(words, beats) + sm_lat
+            add(op.name, 0, 0, 0)
         elif op == Opcode.MOE:
             mc = c.moe
             layer_counts = counts[f["layer"]]

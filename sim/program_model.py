@@ -194,7 +194,8 @@ class ProgramModel:
         m, k, n = f["m"], f["k"], f["n"]
         flags = MatmulFlags(f["flags"])
         if not (1 <= m <= cc.max_m and 1 <= k <= cc.max_k and 1 <= n <= cc.max_n) \
-                or flags & MatmulFlags.ROW_SCALE or not 2 <= f["out_bits"] <= 16:
+                or flags & MatmulFlags.ROW_SCALE or f["flags"] >= 2 * MatmulFlags.WAIT_SOFTMAX \
+                or not 2 <= f["out_bits"] <= 16:
             raise ProgramFault(ErrorCode.PROGRAM_ERROR, f"bad MATMUL {f}")
         x = self._elems(f["x_base"], f["x_stride"], m, k)
         bias = None

@@ -261,6 +261,45 @@ def test_m3vit_small_is_refused_with_the_reason():
         AccelConfig(zcu.compute, model=cfg)
 
 
+def _words(base, stride, rows, elems, L):
+    """The activation-buffer words of a matrix of ``rows`` rows of ``elems`` elements."""
+    return {base + r * stride + w for r in range(rows) for w in range(-(-elems // L))}
+
+
+@pytest.mark.parametrize("model, accel", [("micro", "small"), ("m3vit-tiny", "zcu104")])
+def test_products_beside_the_softmax_keep_off_its_rows(model, accel):
+    """A SOFTMAX runs on beside the MATMULs after it until an instruction waits for it
+    (:mod:`hdl.isa`). In the compiled program no MATMUL that runs beside a softmax reads or
+    writes that softmax's rows, and every head's products run beside a softmax but the first
+    head's Q·Kᵀ and the last head's A·V (the next head's Q·Kᵀ beside the softmax of head h, in
+    the other score area; A·V of head h beside the softmax of head h + 1)."""
+    cfg = get_config(model)
+    cm = compile_model(random_model(cfg, 0), accel)
+    L = cm.config.lanes
+    prog = cm.program
+    pending, beside = None, 0
+    for i in range(isa.HEADER_BYTES, len(prog), isa.INSTR_BYTES):
+        op, f = isa.decode(prog[i:i + isa.INSTR_BYTES])
+        if op == Opcode.SOFTMAX:
+            pending = (_words(f["in_base"], f["in_stride"], f["rows"], f["n"], L)
+                       | _words(f["out_base"], f["out_stride"], f["rows"], f["n"], L))
+        elif op == Opcode.MATMUL and not f["flags"] & isa.MatmulFlags.WAIT_SOFTMAX:
+            if pending is None:
+                continue
+            flags = isa.MatmulFlags(f["flags"])
+            touched = (_words(f["x_base"], f["x_stride"], f["m"], f["k"], L)
+                       | _words(f["y_base"], f["y_stride"], f["m"], f["n"], L))
+            if flags & isa.MatmulFlags.W_FROM_ABUF:
+                rows, elems = ((f["k"], f["n"]) if flags & isa.MatmulFlags.W_TRANSPOSED
+                               else (f["n"], f["k"]))
+                touched |= _words(f["w_base"], f["w_stride"], rows, elems, L)
+            assert not touched & pending, f"instruction {i // isa.INSTR_BYTES - 1}"
+            beside += 1
+        else:
+            pending = None          # waits for the softmax engine
+    assert beside == cfg.depth * 2 * (cfg.heads - 1)
+
+
 @pytest.mark.slow
 def test_m3vit_tiny_on_the_functional_model():
     """m3vit-tiny compiled for the zcu104 configuration equals the twin (both tasks)."""

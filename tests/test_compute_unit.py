@@ -403,6 +403,74 @@ def test_external_port_and_busy(sim_args):
     assert got["r18_new"] == got["mem"][1] == [9, -9]
 
 
+@pytest.mark.parametrize("kinds", [("qk", "av", "proj"), ("fc2", "expert_fc2", "qkv")])
+def test_external_port_beside_products(kinds, sim_args):
+    """While products run, an initiator moves a block of words from region to region through
+    ``ext`` (each hop reads the block the previous hop wrote), offering an access every cycle:
+    it gets only the cycles the products leave the second read port and the write port
+    (``r_ok``, ``w_ok``), every region ends with the block, and the products stay bit-exact in
+    exactly their formula's cycles (the unit has priority)."""
+    unit = _unit(4, 4, max_m=9, max_k=11, max_n=10)
+    L = unit.config.array.buffer_lanes
+    rng = np.random.default_rng(len(kinds[0]))
+    products = [product_for(kind, m, 11, 10, NX, rng) for kind in kinds for m in (9, 3)]
+    driver = ComputeDriver(unit, products, seed=5,
+                           lead_cycles=unit.config.w_queue_tiles * unit.config.array.cols + 4)
+    words, first, regions = 8, 192, 40
+    pyrng = np.random.default_rng(7)
+    block = [[int(v) for v in pyrng.integers(-2 ** 15, 2 ** 15, L)] for _ in range(words)]
+    seen = {"r_ok": 0, "r_refused": 0, "w_ok": 0, "w_refused": 0, "hops": 0}
+    done = {"main": False}
+
+    def region(i):
+        return first + (i % regions) * words
+
+    async def mover(ctx):
+        for a, word in enumerate(block):
+            ctx.set(unit.abuf_word(region(0) + a), word)
+        while not ctx.get(unit.busy):
+            await ctx.tick()
+        hop = 0
+        while not done["main"]:
+            # Read the block of region `hop`, then write it into region `hop + 1`; a refused
+            # access is offered again in the next cycle.
+            got = []
+            while len(got) < words:
+                ctx.set(unit.ext.r_addr, region(hop) + len(got))
+                _, _, r_ok, busy = await ctx.tick().sample(unit.ext.r_ok, unit.busy)
+                seen["r_ok" if r_ok else "r_refused"] += busy
+                if r_ok:
+                    got.append([int(v) for v in ctx.get(unit.ext.r_data)])
+            put = 0
+            while put < words:
+                ctx.set(unit.ext.w_addr, region(hop + 1) + put)
+                ctx.set(unit.ext.w_data, got[put])
+                ctx.set(unit.ext.w_en, 1)
+                _, _, w_ok, busy = await ctx.tick().sample(unit.ext.w_ok, unit.busy)
+                seen["w_ok" if w_ok else "w_refused"] += busy
+                put += w_ok
+            ctx.set(unit.ext.w_en, 0)
+            hop += 1
+        seen["hops"] = hop
+        seen["regions"] = [[[int(v) for v in ctx.get(unit.abuf_word(region(i) + a))]
+                            for a in range(words)] for i in range(min(hop + 1, regions))]
+
+    benches, background = driver.testbenches()
+
+    async def main(ctx):
+        await benches[0](ctx)
+        done["main"] = True
+        await ctx.tick().repeat(4 * words)
+
+    budget = sum(driver.formula_cycles(p) for p in products)
+    run_sim(unit, [main, *benches[1:]], background=background + [mover],
+            deadline_cycles=budget + 300 * len(products) + 1000, **sim_args)
+    _check(unit, driver, exact_cycles=True)
+    assert seen["hops"] >= 8, seen["hops"]
+    assert seen["r_refused"] > 0 and seen["w_refused"] > 0, seen
+    assert all(r == block for r in seen["regions"])
+
+
 # -- the bench sub-command -------------------------------------------------------------------------
 
 

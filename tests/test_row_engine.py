@@ -2,7 +2,9 @@
 """``hdl.engines.RowEngine``: rows from the activation buffer through a row unit and back.
 
 The buffer is a model behind the engine's external port (a read and a write every cycle, read
-data one cycle later, a read of the word written in the same cycle returns the old word); the
+data one cycle later, a read of the word written in the same cycle returns the old word; with
+``port_busy`` it refuses random reads and writes, ``ext_r_ok``/``ext_w_ok`` low, as the compute
+unit does while a product uses its ports, and answers a refused read with garbage); the
 row unit is a model too, an element-wise function with its own random stalls and bubbles
 (zeros past ``count``, as the real units). The
 tests check the written words, the beats the unit sees (``count``, ``last``), the stream rules
@@ -33,7 +35,7 @@ def _f(v):
     return r - 0x10000 if r & 0x8000 else r
 
 
-def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None):
+def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None, port_busy=0.0):
     """Run one RowEngine command over a random buffer and check everything it wrote."""
     words = -(-n // L)
     beats = -(-n // lanes)
@@ -59,12 +61,22 @@ def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None):
     state = {"cycles": None}
 
     async def buffer(ctx):
-        # The buffer behind the port: sample at the edge, answer the read next cycle.
-        async for _, _, r_addr, w_en, w_addr, w_data in ctx.tick().sample(
-                dut.ext.r_addr, dut.ext.w_en, dut.ext.w_addr, dut.ext.w_data):
-            ctx.set(dut.ext_rdata, mem[r_addr])
-            read.add(r_addr)
-            if w_en:
+        # The buffer behind the port: sample at the edge, answer the read next cycle; a refused
+        # read returns garbage, a refused write is not done.
+        rng = random.Random(seed + 3)
+        ctx.set(dut.ext_r_ok, 1)
+        ctx.set(dut.ext_w_ok, 1)
+        async for _, _, r_addr, w_en, w_addr, w_data, r_ok, w_ok in ctx.tick().sample(
+                dut.ext.r_addr, dut.ext.w_en, dut.ext.w_addr, dut.ext.w_data,
+                dut.ext_r_ok, dut.ext_w_ok):
+            if r_ok:
+                ctx.set(dut.ext_rdata, mem[r_addr])
+                read.add(r_addr)
+            else:
+                ctx.set(dut.ext_rdata, rng.getrandbits(L * WIDTH))
+            ctx.set(dut.ext_r_ok, int(rng.random() >= port_busy))
+            ctx.set(dut.ext_w_ok, int(rng.random() >= port_busy))
+            if w_en and w_ok:
                 assert w_addr not in in_words or w_addr in read, \
                     f"word {w_addr} overwritten before it was read"
                 mem[w_addr] = w_data
@@ -121,7 +133,7 @@ def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None):
     run_sim(dut, [command, unit_out],
             background=[buffer, unit_in, partial(check_stream_rules, stream=dut.ui, name="ui"),
                         partial(check_stream_rules, stream=dut.uo, name="uo")],
-            deadline_cycles=50 * rows * (words + beats) + 200, **sim_args)
+            deadline_cycles=int(50 * rows * (words + beats) / (1 - port_busy)) + 200, **sim_args)
 
     assert got_beats == expect_beats
     out_words = [out_base + r * out_stride + w for r in range(rows) for w in range(words)]
@@ -142,12 +154,16 @@ def run_rows(L, lanes, n, rows, *, in_place, p, seed, sim_args, observe=None):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(shape=st.sampled_from([(8, 4), (4, 8), (8, 8), (4, 2)]), n=st.integers(1, 40),
        rows=st.integers(1, 6), in_place=st.booleans(), p=st.sampled_from([0.0, 0.3, 0.6]),
-       seed=st.integers(0, 99))
-@example(shape=(8, 4), n=17, rows=5, in_place=True, p=0.5, seed=3)
-@example(shape=(4, 8), n=9, rows=4, in_place=True, p=0.0, seed=4)
-def test_row_engine_random(shape, n, rows, in_place, p, seed, sim_args):
+       seed=st.integers(0, 99), port_busy=st.sampled_from([0.0, 0.0, 0.5]))
+@example(shape=(8, 4), n=17, rows=5, in_place=True, p=0.5, seed=3, port_busy=0.0)
+@example(shape=(4, 8), n=9, rows=4, in_place=True, p=0.0, seed=4, port_busy=0.0)
+@example(shape=(8, 4), n=20, rows=3, in_place=True, p=0.3, seed=5, port_busy=0.5)
+@example(shape=(4, 8), n=17, rows=4, in_place=False, p=0.0, seed=6, port_busy=0.5)
+def test_row_engine_random(shape, n, rows, in_place, p, seed, port_busy, sim_args):
+    """Random shapes, unit stalls and (``port_busy``) a port that refuses random accesses."""
     L, lanes = shape
-    run_rows(L, lanes, n, rows, in_place=in_place, p=p, seed=seed, sim_args=sim_args)
+    run_rows(L, lanes, n, rows, in_place=in_place, p=p, seed=seed, sim_args=sim_args,
+             port_busy=port_busy)
 
 
 @pytest.mark.parametrize("L, lanes, n", [(8, 4, 24), (8, 8, 24), (4, 8, 24), (8, 4, 17)])

@@ -448,7 +448,7 @@ class MoELayer(wiring.Component):
         abuf word addresses of ``u``, ``x`` and the scratch area.
     ext : In(ext_signature(config.compute))
         The compute unit's abuf port for the host while the engine is idle (load ``u``, ``x``,
-        read the result).
+        read the result; ``r_ok`` and ``w_ok`` are low while it runs).
     busy : Out(1)
         A layer is running.
     done : Out(1)
@@ -708,7 +708,9 @@ class MoELayer(wiring.Component):
         with m.Else():
             m.d.comb += [cu.ext.r_addr.eq(self.ext.r_addr), cu.ext.w_addr.eq(self.ext.w_addr),
                          cu.ext.w_en.eq(self.ext.w_en), cu.ext.w_data.eq(self.ext.w_data)]
-        m.d.comb += self.ext.r_data.eq(cu.ext.r_data)
+        m.d.comb += [self.ext.r_data.eq(cu.ext.r_data),
+                     self.ext.r_ok.eq(~running & cu.ext.r_ok),
+                     self.ext.w_ok.eq(~running & cu.ext.w_ok)]
         r_data = cu.ext.r_data
 
         # -- counters -------------------------------------------------------------------------

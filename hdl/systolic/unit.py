@@ -162,8 +162,12 @@ def ext_signature(config):
     """Signature of the activation buffer's external port, from the initiator's side.
 
     A read and a write in every cycle: ``r_data`` is the word at the ``r_addr`` of the previous
-    cycle (a synchronous read); ``w_en`` writes ``w_data`` (a whole word) at ``w_addr``. A read
-    of the word written in the same cycle returns the old word.
+    cycle (a synchronous read) when ``r_ok`` was high in that cycle; ``w_en`` writes ``w_data``
+    (a whole word) at ``w_addr`` when ``w_ok`` is high in the same cycle. While the unit is idle
+    both are always high (and a read of the word written in the same cycle returns the old
+    word). While a command runs the port takes the cycles the command leaves free: a read when
+    the second read port is not reading W words or old output rows (``r_ok``), a write when no
+    output row is written (``w_ok``); the initiator holds an access that is not taken.
     """
     word = data.ArrayLayout(signed(config.array.elem_bits), config.array.buffer_lanes)
     return wiring.Signature({
@@ -172,6 +176,8 @@ def ext_signature(config):
         "w_en": Out(1),
         "w_data": Out(word),
         "r_data": In(word),
+        "r_ok": In(1),
+        "w_ok": In(1),
     })
 
 
@@ -242,7 +248,9 @@ class ComputeUnit(wiring.Component):
         per X/output row (from ``x_base`` and ``y_base``). Taken from the start of the command;
         a row of the first pass waits for its offset.
     ext : In(ext_signature(config))
-        Access to the activation buffer while the unit is idle (writes are ignored while busy).
+        Access to the activation buffer: every cycle while the unit is idle, the cycles a
+        command leaves its second read port and its write port free while one runs (``r_ok``,
+        ``w_ok``), never while a finished command's status waits (``busy`` without running).
     busy : Out(1)
         A command is running or its status has not been taken.
     """
@@ -609,8 +617,9 @@ class ComputeUnit(wiring.Component):
         tag_layout = self._tag_layout()
 
         m.submodules.array = array = self.array
-        # The activation buffer: one write port (output rows, or ext while idle) and two read
-        # ports (X rows; W words or old output rows), over its banks.
+        # The activation buffer: one write port (output rows, or ext in the other cycles) and
+        # two read ports (X rows, or ext while idle; W words or old output rows, or ext in the
+        # cycles a command leaves it free), over its banks.
         y_wr = _PortSignals(addr=cfg.addr_bits, data=self._word, en=L)
         x_rd = _PortSignals(addr=cfg.addr_bits, data=self._word)
         wy_rd = _PortSignals(addr=cfg.addr_bits, data=self._word)
@@ -1104,7 +1113,17 @@ class ComputeUnit(wiring.Component):
                 em.d.sync += s2.y[j].eq(Mux(c.row_scale, _clamp(scaled, sat_lo, sat_hi),
                                             s1.y[j]))
         # The old output of this row, for accumulation: read while the row is in S2.
-        em.d.comb += wy_rd.addr.eq(Mux(c.w_from_abuf, l_addr, s1.tag.y_addr))
+        # The second read port is the unit's in a cycle that issues a W word (the word is taken
+        # from it in the next cycle, w1) or that has a row to accumulate in S1; the external
+        # port reads on it in the other cycles of a command (on the X port while idle).
+        wy_used = Signal()
+        ext_r_on_wy = Signal()
+        em.d.comb += [
+            wy_used.eq(running & Mux(c.w_from_abuf, l_issue, s1_valid & c.accumulate)),
+            wy_rd.addr.eq(Mux(wy_used, Mux(c.w_from_abuf, l_addr, s1.tag.y_addr),
+                              self.ext.r_addr)),
+        ]
+        em.d.sync += ext_r_on_wy.eq(running)
 
         # F: accumulate into the old output, saturate; the row as an abuf write (lanes of its
         # N-group that lie below N).
@@ -1125,21 +1144,25 @@ class ComputeUnit(wiring.Component):
                     ]
         em.d.comb += finished.eq(f_valid & f.end)
 
-        # abuf write port: output rows while running, the external port while idle.
-        with em.If(running):
+        # abuf write port: the output rows, the external port in the other cycles (but while a
+        # finished command's status waits).
+        ext_w_ok = Mux(running, ~f_valid, ~self.busy)
+        with em.If(running & f_valid):
             em.d.comb += [
                 y_wr.addr.eq(f.addr),
                 y_wr.data.eq(f.data),
-                y_wr.en.eq(Mux(f_valid, f.en, 0)),
+                y_wr.en.eq(f.en),
             ]
         with em.Else():
             em.d.comb += [
                 y_wr.addr.eq(self.ext.w_addr),
                 y_wr.data.eq(self.ext.w_data),
-                y_wr.en.eq(Mux(self.ext.w_en & ~self.busy, (1 << L) - 1, 0)),
+                y_wr.en.eq(Mux(self.ext.w_en & ext_w_ok, (1 << L) - 1, 0)),
             ]
         m.d.comb += [
             x_rd.addr.eq(Mux(running, x_issue_addr, self.ext.r_addr)),
-            self.ext.r_data.eq(x_rd.data),
+            self.ext.r_data.eq(Mux(ext_r_on_wy, wy_rd.data, x_rd.data)),
+            self.ext.r_ok.eq(~wy_used),
+            self.ext.w_ok.eq(ext_w_ok),
         ]
         return m
