@@ -36,11 +36,12 @@ elements (act format); :meth:`CompiledModel.unpack_output` returns the N × D in
 Activation buffer plan
 ----------------------
 ``x`` (the residual stream, N × D) and ``u`` (LayerNorm output) stay for the whole frame; one
-shared region after them holds, in turn, the patches (patch embedding), ``qkv`` + two score
-areas + the attention output (attention), the hidden layer (dense MLP) and the MoE engine's
-scratch area. The softmax works in place on the scores. Heads use the two score areas in turn,
-so that the softmax of one head runs beside the attention products of its neighbours
-(docs/program.md, "The program of one frame").
+shared region after them holds, in turn, the patches (patch embedding), two score areas with
+``qkv`` between them + the attention output (attention; the second score area in another bank
+of the buffer than the first when there is room), the hidden layer (dense MLP) and the MoE
+engine's scratch area. The softmax works in place on the scores. Heads use the two score
+areas in turn, so that the softmax of one head runs beside the attention products of its
+neighbours (docs/program.md, "The program of one frame").
 
 Refused models
 --------------
@@ -340,9 +341,18 @@ def _plan(cfg, config):
     wh, wp = _ceil(cfg.mlp_hidden, L), _ceil(cfg.patch_dim, L)
     x, u = 0, n * wd
     shared = 2 * n * wd
-    qkv = shared
-    scores = qkv + n * wq
-    attn = scores + 2 * n * ws
+    # Attention: the two score areas, qkv between them; the second one moves to the next bank
+    # of the buffer when both would share one and there is room, so that a softmax's writes in
+    # one area never wait for the next Q·Kᵀ product's in the other (hdl.systolic.unit).
+    scores0 = shared
+    qkv = scores0 + n * ws
+    scores1 = qkv + n * wq
+    bank = c.abuf_bank_depth
+    apart = ((scores0 + n * ws - 1) // bank + 1) * bank
+    if scores1 // bank <= (scores0 + n * ws - 1) // bank \
+            and apart + n * (ws + wd) <= c.abuf_depth:
+        scores1 = apart
+    attn = scores1 + n * ws
     attn_end = attn + n * wd
     scratch_words = config.moe.scratch_words if cfg.moe_blocks else 0
     size = max(cfg.num_patches * wp, attn_end - shared, n * wh, scratch_words)
@@ -354,7 +364,7 @@ def _plan(cfg, config):
                          f"chip would have to be spilled to DDR, which this compiler does not "
                          f"emit")
     return AbufPlan(lanes=L, x=x, u=u, shared=shared, qkv=qkv,
-                    scores=(scores, scores + n * ws), attn=attn,
+                    scores=(scores0, scores1), attn=attn,
                     hidden=shared, patches=shared, scratch=shared, row_words=wd, qkv_words=wq,
                     score_words=ws, hidden_words=wh, patch_words=wp, words=words)
 

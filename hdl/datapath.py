@@ -248,7 +248,6 @@ class Datapath(wiring.Component):
         # while the compute unit is idle; the softmax engine runs beside products).
         m.d.comb += [
             ld.ext_w_ok.eq(moe.ext.w_ok & (ext_sel == SEL_LOAD)),
-            st.ext_r_ok.eq(moe.ext.r_ok & (ext_sel == SEL_STORE)),
             lne.ext_r_ok.eq(moe.ext.r_ok & (ext_sel == SEL_LN)),
             lne.ext_w_ok.eq(moe.ext.w_ok & (ext_sel == SEL_LN)),
             sme.ext_r_ok.eq(moe.ext.r_ok & (ext_sel == SEL_SM)),

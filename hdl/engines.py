@@ -739,7 +739,7 @@ class LoadEngine(wiring.Component):
         # One buffer write per cycle: round robin between the pieces with a word ready.
         turn = Signal(range(max(P, 2)))
         grant = Signal(P)
-        valids = Cat(*(up.o.valid for up in ups)) & self.ext_w_ok.replicate(P)
+        valids = Cat(*(up.o.valid for up in ups))
         for k in range(P):
             # Priority starts at `turn`: piece (turn + k) mod P wins if none before it is valid.
             with m.If(turn == k):
@@ -756,9 +756,13 @@ class LoadEngine(wiring.Component):
             w_addr = Mux(grant[j], waddrs[j], w_addr)
             w_data = Mux(grant[j], ups[j].o.payload, w_data)
         m.d.comb += [self.ext.w_addr.eq(w_addr), self.ext.w_data.eq(w_data)]
+        # The granted word is offered; it is taken when the port takes the write (the offer
+        # does not depend on ext_w_ok, which may depend on the address).
+        take = Signal(P)
+        m.d.comb += take.eq(Mux(self.ext_w_ok, grant, 0))
         for j, up in enumerate(ups):
-            m.d.comb += up.o.ready.eq(grant[j])
-            with m.If(grant[j]):
+            m.d.comb += up.o.ready.eq(take[j])
+            with m.If(take[j]):
                 m.d.sync += [waddrs[j].eq(waddrs[j] + 1), turn.eq((j + 1) % P)]
         m.d.comb += [
             self.ext.w_en.eq(grant.any()),
@@ -788,8 +792,7 @@ class StoreEngine(wiring.Component):
         Busy, and every word has been read from the buffer or the writer is not taking data.
     ext : Out(ext_request_layout)
     ext_rdata : In(L·16)
-    ext_r_ok : In(1), high by default
-        The port takes this cycle's read.
+        The port's reads are always taken: a STORE runs while the compute unit is idle.
     bus : Out(AXI4Signature)
     error : Out(1)
     """
@@ -813,7 +816,6 @@ class StoreEngine(wiring.Component):
             "waiting": Out(1),
             "ext": Out(ext_request_layout(addr_bits, lanes * 16)),
             "ext_rdata": In(lanes * 16),
-            "ext_r_ok": In(1, init=1),
             "bus": Out(self._master.bus.signature),
             "error": Out(1),
         })
@@ -841,8 +843,7 @@ class StoreEngine(wiring.Component):
         raddr = Signal(self._ab)
         issued = Signal()
         read = Signal()
-        m.d.comb += read.eq((left != 0) & (q.level + issued < self.QUEUE) & ~self.start
-                            & self.ext_r_ok)
+        m.d.comb += read.eq((left != 0) & (q.level + issued < self.QUEUE) & ~self.start)
         m.d.sync += issued.eq(read)
         m.d.comb += [q.i.valid.eq(issued), q.i.payload.eq(self.ext_rdata),
                      self.ext.r_addr.eq(raddr), self.ext.w_en.eq(0)]

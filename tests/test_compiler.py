@@ -298,6 +298,12 @@ def test_products_beside_the_softmax_keep_off_its_rows(model, accel):
         else:
             pending = None          # waits for the softmax engine
     assert beside == cfg.depth * 2 * (cfg.heads - 1)
+    # The two score areas lie in different banks of the buffer where it has more than one.
+    bank = cm.config.compute.abuf_bank_depth
+    s0, s1 = cm.plan.scores
+    spans = [set(range(s // bank, (s + cfg.tokens * cm.plan.score_words - 1) // bank + 1))
+             for s in (s0, s1)]
+    assert not spans[0] & spans[1] or cm.config.compute.abuf_depth <= bank
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ SRC = 0x2F00             # DDR source: pieces start at various offsets, bursts c
 
 
 def run_load(ports, lanes, words, *, abuf_addr, seed, latency=12, p_stall=0.0, sim_args,
-             observe=None):
+             observe=None, port_busy=0.0):
     wb = lanes * 16
     dut = LoadEngine(lanes=lanes, addr_bits=ADDR_BITS, addr_width=32, data_width=DW,
                      ports=ports, max_burst_beats=16, max_outstanding=4)
@@ -46,10 +46,13 @@ def run_load(ports, lanes, words, *, abuf_addr, seed, latency=12, p_stall=0.0, s
         await ctx.tick()
         ctx.set(dut.start, 0)
         cycles = 1
-        async for _, _, busy, en, addr, data in ctx.tick().sample(
-                dut.busy, dut.ext.w_en, dut.ext.w_addr, dut.ext.w_data):
-            if en:
+        # With ``port_busy`` the buffer refuses random writes (ext_w_ok low): not done.
+        prng = random.Random(seed + 99)
+        async for _, _, busy, en, addr, data, ok in ctx.tick().sample(
+                dut.busy, dut.ext.w_en, dut.ext.w_addr, dut.ext.w_data, dut.ext_w_ok):
+            if en and ok:
                 writes.append((addr, data))
+            ctx.set(dut.ext_w_ok, int(prng.random() >= port_busy))
             if not busy:
                 break
             cycles += 1
@@ -76,16 +79,19 @@ def run_load(ports, lanes, words, *, abuf_addr, seed, latency=12, p_stall=0.0, s
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ports=st.sampled_from([1, 2, 4]), lanes=st.sampled_from([4, 8, 32]),
        words=st.integers(1, 45), abuf_addr=st.integers(0, (1 << ADDR_BITS) - 1),
-       p_stall=st.sampled_from([0.0, 0.3]), seed=st.integers(0, 99))
-@example(ports=4, lanes=4, words=3, abuf_addr=1022, p_stall=0.3, seed=1)   # fewer words
-@example(ports=4, lanes=32, words=13, abuf_addr=5, p_stall=0.0, seed=2)    # than pieces
-@example(ports=2, lanes=4, words=7, abuf_addr=0, p_stall=0.3, seed=3)      # 2 words per beat
-def test_load_random(ports, lanes, words, abuf_addr, p_stall, seed, sim_args):
-    """Random sizes (a buffer word of a half, one or four bus words; fewer words than pieces;
-    an odd count of half-beat words), addresses wrapping the buffer, DDR stalls: every word
-    written once and right, the AXI rules on every manager, every source byte read once."""
+       p_stall=st.sampled_from([0.0, 0.3]), seed=st.integers(0, 99),
+       port_busy=st.sampled_from([0.0, 0.0, 0.5]))
+@example(ports=4, lanes=4, words=3, abuf_addr=1022, p_stall=0.3, seed=1, port_busy=0.0)
+@example(ports=4, lanes=32, words=13, abuf_addr=5, p_stall=0.0, seed=2, port_busy=0.0)
+@example(ports=2, lanes=4, words=7, abuf_addr=0, p_stall=0.3, seed=3, port_busy=0.0)
+@example(ports=4, lanes=8, words=30, abuf_addr=7, p_stall=0.0, seed=4, port_busy=0.5)
+def test_load_random(ports, lanes, words, abuf_addr, p_stall, seed, port_busy, sim_args):
+    """Random sizes (a buffer word of a half, one or four bus words; fewer words than pieces
+    — the first two examples; an odd count of half-beat words — the third), addresses wrapping
+    the buffer, DDR stalls, a buffer port that refuses random writes: every word written once
+    and right, the AXI rules on every manager, every source byte read once."""
     run_load(ports, lanes, words, abuf_addr=abuf_addr, seed=seed, p_stall=p_stall,
-             sim_args=sim_args)
+             sim_args=sim_args, port_busy=port_busy)
 
 
 @pytest.mark.parametrize("ports", [1, 2, 4])

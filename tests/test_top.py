@@ -97,10 +97,30 @@ def test_micro_frames_each_task_back_to_back(micro):
     assert cnt["ddr_write_bytes"] == 2 * cm.output_bytes
     assert cnt["ddr_read_bytes"] > 2 * (cm.input_bytes + cm.pstream_bytes)
     assert 0 < cnt["compute_busy"] < cnt["cycles"]
-    assert cnt["moe_cycles"] > 0 and cnt["stall_softmax"] > 0 and cnt["stall_layernorm"] > 0
+    assert cnt["moe_cycles"] > 0 and cnt["stall_layernorm"] > 0
+    # The softmax runs beside the attention products (hdl.datapath): of its rows, a few
+    # cycles per row at most are waited for (a synchronous softmax would count them all).
+    assert cnt["stall_softmax"] < 2 * MICRO.depth * MICRO.heads * MICRO.tokens
     # Every port carried traffic and passed the protocol checker.
     assert all(c.read_bursts for c in be.checkers)
     assert be.checkers[0].write_bursts
+
+
+def test_micro_frame_on_a_banked_buffer(micro):
+    """The small configuration with its activation buffer in two banks: the compiler puts the
+    two score areas in different banks, so a softmax's writes go on beside the next head's
+    Q·Kᵀ writes in the other bank (hdl.systolic.unit); the frame is exact."""
+    qm, images = micro
+    accel = SMALL.replace(compute=dataclasses.replace(SMALL.compute, abuf_bank_depth=128))
+    be = AmaranthBackend(accel, ddr_size=1 << 20, latency=30, jitter=8, p_addr_stall=0.1,
+                         seed=6)
+    drv = Driver(be, frame_timeout=DEADLINE)
+    cm = drv.load_model(qm)
+    assert len({s // 128 for s in cm.plan.scores}) == 2
+    drv.set_task(1)
+    out = drv.run_frame(images[0])
+    ref = twin_forward(qm, images[0], 1)
+    assert np.array_equal(out, ref), f"first difference at {np.argwhere(out != ref)[:3].tolist()}"
 
 
 def test_errors_reset_and_recovery(micro3):

@@ -57,9 +57,12 @@ tile edges (``J·M·rows·cols − M·K·N`` PE-cycles), to weight loading when 
 Operands and the activation buffer
 ----------------------------------
 ``abuf`` holds token matrices row by row, ``L = lcm(rows, cols)`` elements per word (16 for a
-16 × 16 array). It has one write port (output rows; the external port while idle) and two
-synchronous read ports: X rows, and either W words (attention) or the old output rows
-(accumulation) — no product needs both, so the buffer maps onto two block-RAM/URAM copies.
+16 × 16 array). It has one write port (output rows; the external port's writes in the cycles,
+or the banks, the output rows leave free) and two synchronous read ports: X rows, and either W
+words (attention) or the old output rows (accumulation) — no product needs both, so the buffer
+maps onto two block-RAM/URAM copies; the external port reads on the second one in the cycles a
+command leaves it free (on the first while the unit is idle). So the sequencer's softmax runs
+beside a product (:mod:`hdl.datapath`), and the product keeps its exact cycle count.
 Element ``(i, j)`` of a matrix at word address ``base`` with ``stride`` words per row is lane ``j mod L`` of word ``base + i·stride + j div L``. An X read takes an aligned group of
 ``rows`` lanes, an output write an aligned group of ``cols`` lanes (lane write enables), so the
 output of one product is directly the X (or W) operand of the next one.
@@ -167,7 +170,8 @@ def ext_signature(config):
     both are always high (and a read of the word written in the same cycle returns the old
     word). While a command runs the port takes the cycles the command leaves free: a read when
     the second read port is not reading W words or old output rows (``r_ok``), a write when no
-    output row is written (``w_ok``); the initiator holds an access that is not taken.
+    output row is written to the same buffer bank (``w_ok``); the initiator holds an access
+    that is not taken.
     """
     word = data.ArrayLayout(signed(config.array.elem_bits), config.array.buffer_lanes)
     return wiring.Signature({
@@ -566,17 +570,25 @@ class ComputeUnit(wiring.Component):
 
     # -- hardware -----------------------------------------------------------------------------
 
-    def _elaborate_abuf(self, m, wr, x_rd, wy_rd):
+    def _bank_shift(self):
+        """An abuf address shifted right by this is its bank (0 with a single bank)."""
+        cfg = self._config
+        if len(self.abuf_banks) == 1:
+            return cfg.addr_bits
+        return max(cfg.abuf_bank_depth - 1, 1).bit_length()
+
+    def _elaborate_abuf(self, m, wr, ext_wr, x_rd, wy_rd):
         """The banked activation buffer.
 
-        Each bank has the write port (lane enables, active when the address selects the bank)
-        and two synchronous read ports at the address's low bits; the bank index of each read
-        is registered with it and selects the bank's data in the next cycle. The second read
-        port is transparent for writes (an accumulation reads the row written just before).
+        Each bank has one write port (lane enables): the unit's write ``wr`` when it selects
+        the bank, else the external write ``ext_wr`` when that selects it, so the two proceed
+        in the same cycle in different banks. Each bank has two synchronous read ports at the
+        address's low bits; the bank index of each read is registered with it and selects the
+        bank's data in the next cycle. The second read port is transparent for writes (an
+        accumulation reads the row written just before).
         """
-        cfg = self._config
         banks = self.abuf_banks
-        lo = max(cfg.abuf_bank_depth - 1, 1).bit_length() if len(banks) > 1 else cfg.addr_bits
+        lo = self._bank_shift()
         bm = Module()
         m.submodules.abuf = bm
         x_sel = Signal(range(len(banks)))
@@ -590,10 +602,12 @@ class ComputeUnit(wiring.Component):
             xp = mem.read_port()
             yp = mem.read_port(transparent_for=(wp,))
             hit = (wr.addr >> lo) == b if len(banks) > 1 else 1
+            ext_hit = (ext_wr.addr >> lo) == b if len(banks) > 1 else 1
+            own = hit & wr.en.any()
             bm.d.comb += [
-                wp.addr.eq(wr.addr[:lo]),
-                wp.data.eq(wr.data),
-                wp.en.eq(Mux(hit, wr.en, 0)),
+                wp.addr.eq(Mux(own, wr.addr[:lo], ext_wr.addr[:lo])),
+                wp.data.eq(Mux(own, wr.data.as_value(), ext_wr.data.as_value())),
+                wp.en.eq(Mux(own, wr.en, Mux(ext_hit, ext_wr.en, 0))),
                 xp.addr.eq(x_rd.addr[:lo]),
                 yp.addr.eq(wy_rd.addr[:lo]),
             ]
@@ -621,9 +635,10 @@ class ComputeUnit(wiring.Component):
         # two read ports (X rows, or ext while idle; W words or old output rows, or ext in the
         # cycles a command leaves it free), over its banks.
         y_wr = _PortSignals(addr=cfg.addr_bits, data=self._word, en=L)
+        ext_wr = _PortSignals(addr=cfg.addr_bits, data=self._word, en=L)
         x_rd = _PortSignals(addr=cfg.addr_bits, data=self._word)
         wy_rd = _PortSignals(addr=cfg.addr_bits, data=self._word)
-        self._elaborate_abuf(m, y_wr, x_rd, wy_rd)
+        self._elaborate_abuf(m, y_wr, ext_wr, x_rd, wy_rd)
         w_rd = old_rd = wy_rd
         m.submodules.acc_mem = acc_mem = self.acc_mem
         m.submodules.bias_mem = bias_mem = self.bias_mem
@@ -1144,21 +1159,19 @@ class ComputeUnit(wiring.Component):
                     ]
         em.d.comb += finished.eq(f_valid & f.end)
 
-        # abuf write port: the output rows, the external port in the other cycles (but while a
-        # finished command's status waits).
-        ext_w_ok = Mux(running, ~f_valid, ~self.busy)
-        with em.If(running & f_valid):
-            em.d.comb += [
-                y_wr.addr.eq(f.addr),
-                y_wr.data.eq(f.data),
-                y_wr.en.eq(f.en),
-            ]
-        with em.Else():
-            em.d.comb += [
-                y_wr.addr.eq(self.ext.w_addr),
-                y_wr.data.eq(self.ext.w_data),
-                y_wr.en.eq(Mux(self.ext.w_en & ext_w_ok, (1 << L) - 1, 0)),
-            ]
+        # abuf writes: the output rows; the external port's in the other cycles, or in the
+        # same cycle to another bank (never while a finished command's status waits).
+        lo = self._bank_shift()
+        same_bank = (f.addr >> lo) == (self.ext.w_addr >> lo)
+        ext_w_ok = Mux(running, ~(f_valid & same_bank), ~self.busy)
+        em.d.comb += [
+            y_wr.addr.eq(f.addr),
+            y_wr.data.eq(f.data),
+            y_wr.en.eq(Mux(running & f_valid, f.en, 0)),
+            ext_wr.addr.eq(self.ext.w_addr),
+            ext_wr.data.eq(self.ext.w_data),
+            ext_wr.en.eq(Mux(self.ext.w_en & ext_w_ok, (1 << L) - 1, 0)),
+        ]
         m.d.comb += [
             x_rd.addr.eq(Mux(running, x_issue_addr, self.ext.r_addr)),
             self.ext.r_data.eq(Mux(ext_r_on_wy, wy_rd.data, x_rd.data)),
