@@ -229,6 +229,16 @@ def test_functional_model_checks():
         with pytest.raises(ProgramFault) as info:
             mem.run(pm, img, override.pop("task", 0), **override)
         assert info.value.code == code
+    # A MATMUL flag above WAIT_SOFTMAX is refused, as the hardware refuses it.
+    prog = cm.program
+    at = next(i for i in range(isa.HEADER_BYTES, len(prog), isa.INSTR_BYTES)
+              if isa.decode(prog[i:i + isa.INSTR_BYTES])[0] == Opcode.MATMUL)
+    op, f = isa.decode(prog[at:at + isa.INSTR_BYTES])
+    bad = isa.encode(op, **{**f, "flags": f["flags"] | 2 * isa.MatmulFlags.WAIT_SOFTMAX})
+    mem.write(mem.p + at, bad)
+    with pytest.raises(ProgramFault, match="bad MATMUL") as info:
+        mem.run(pm, img, 0)
+    assert info.value.code == ErrorCode.PROGRAM_ERROR
 
 
 def test_refusals():

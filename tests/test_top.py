@@ -178,6 +178,14 @@ def test_errors_reset_and_recovery(micro3):
     bad[isa.HEADER_BYTES + isa.INSTR_BYTES] = 0x7F
     be.ddr_write(alt, bytes(bad))
     run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt)
+    # A MATMUL flag above WAIT_SOFTMAX (the first MATMUL).
+    bad = bytearray(cm.program)
+    at = next(i for i in range(isa.HEADER_BYTES, len(bad), isa.INSTR_BYTES)
+              if isa.decode(bytes(bad[i:i + isa.INSTR_BYTES]))[0] == isa.Opcode.MATMUL)
+    op, f = isa.decode(bytes(bad[at:at + isa.INSTR_BYTES]))
+    bad[at:at + isa.INSTR_BYTES] = isa.encode(op, **{**f, "flags": f["flags"] | 0x80})
+    be.ddr_write(alt, bytes(bad))
+    run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt)
     # A program that stops before END.
     be.ddr_write(alt, cm.program[:3 * isa.INSTR_BYTES])
     run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt, program_len=3 * isa.INSTR_BYTES)
