@@ -382,8 +382,8 @@ class RowEngine(wiring.Component):
     ``count`` and ``last``; the output side packs the unit's beats into words and writes them,
     only the ``ceil(n/L)`` words of each row (a partial last word has zeros past ``n``). A read
     and a write go to the external port in the same cycle, so a row costs ``max(words, beats)``
-    cycles while the port takes every access. Output rows may overwrite input rows in place (a row is written only after it was
-    read).
+    cycles while the port takes every access. Output rows may overwrite input rows in place (a
+    row is written only after it was read).
 
     Members
     -------
