@@ -51,6 +51,9 @@ def test_array_config_defaults_from_numerics():
     (dict(rows=4, cols=4, grid_rows=8), ValueError, r"larger than the array"),
     (dict(rows=4, cols=4, mesh_regs=-1), ValueError, r"mesh_regs must be an integer ≥ 0"),
     (dict(rows=4, cols=4, numerics="x"), TypeError, r"numerics must be a golden"),
+    (dict(rows=4, cols=4, load_words=3), ValueError, r"load_words must be an integer in the range 1\.\.2, not 3"),
+    (dict(rows=4, cols=4, load_words=2.0), TypeError, r"load_words must be an integer"),
+    (dict(rows=4, cols=3, load_words=2), ValueError, r"rows and cols must be even, not 4×3"),
 ])
 def test_array_config_refuses(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -174,7 +177,12 @@ def test_skew_refuses():
 
 
 def _tiles(cfg, rng, n_tiles, m_rows, modes):
-    """Random weight tiles W (cols × rows: W[c, r] sits in PE (r, c)), X rows, load words."""
+    """Random weight tiles W (cols × rows: W[c, r] sits in PE (r, c)), X rows, load words.
+
+    ``modes``: per tile ``"row"`` or ``"column"`` (plain words), ``"row2"`` or ``"column2"``
+    (pair words), ``"row_mixed"`` or ``"column_mixed"`` (pairs and plain words at random, a
+    pair always at an even position); pair modes need ``load_words = 2``.
+    """
     R, C = cfg.rows, cfg.cols
     words, rows, ref = [], [], []
     for t in range(n_tiles):
@@ -182,10 +190,19 @@ def _tiles(cfg, rng, n_tiles, m_rows, modes):
         x = rng.integers(-2 ** 15, 2 ** 15, (m_rows[t], R))
         pad = lambda v: [int(a) for a in v] + [int(a) for a in
                                                rng.integers(-9, 9, cfg.w_lanes - len(v))]
-        if modes[t] == "row":
-            words += [{"data": pad(w[:, r]), "row": 1} for r in range(R)]
-        else:
-            words += [{"data": pad(w[c, :]), "row": 0} for c in range(C)]
+        row = modes[t].startswith("row")
+        vecs = [w[:, r] for r in range(R)] if row else [w[c, :] for c in range(C)]
+        i = 0
+        while i < len(vecs):
+            pair = (modes[t].endswith("2") or (modes[t].endswith("mixed")
+                                               and rng.integers(0, 2) == 1)) and i % 2 == 0
+            word = {"data": pad(vecs[i]), "row": int(row)}
+            if cfg.load_words == 2:
+                # A plain word's second half is junk the array must ignore.
+                word["data"] += pad(vecs[i + 1]) if pair else pad([])
+                word["pair"] = int(pair)
+            words.append(word)
+            i += 2 if pair else 1
         for i in range(m_rows[t]):
             rows.append({"data": [int(v) for v in x[i]], "first": int(i == 0),
                          "tag": len(rows) % 256})
@@ -227,16 +244,56 @@ def test_array_random_traffic(shape, mesh, seed, sim_args):
     assert [int(o.tag) for o in out["o"]] == [r["tag"] for r in rows]
 
 
-@pytest.mark.parametrize("shape", [(2, 3), (4, 4)])
-def test_array_latency_and_full_rate(shape, sim_args):
+@pytest.mark.parametrize("shape, mesh", [
+    ((2, 2), {}), ((4, 2), {}), ((2, 6), {}),
+    ((4, 4), dict(grid_rows=2, grid_cols=2, mesh_regs=1)),
+    ((6, 4), dict(grid_rows=3, grid_cols=2, mesh_regs=2)),
+])
+def test_array_pair_loads(shape, mesh, sim_args):
+    """``load_words = 2``: tiles of pair words, plain words and both mixed, in both
+    directions, under random bubbles and stalls, give exact products."""
+    cfg = ArrayConfig(*shape, **mesh, load_words=2)
+    dut = SystolicArray(cfg, tag_shape=unsigned(8))
+    rng = np.random.default_rng(sum(shape))
+    modes = ["column2", "row2", "column", "row_mixed", "column_mixed", "row", "column2"]
+    m_rows = [int(v) for v in rng.integers(1, 6, len(modes))]
+    words, rows, ref = _tiles(cfg, rng, len(modes), m_rows, modes)
+    assert any(w["pair"] for w in words) and not all(w["pair"] for w in words)
+    out = {}
+
+    async def w_tb(ctx):
+        await put_all(ctx, dut.w, words, rng=random.Random(1), p_idle=0.4)
+
+    async def x_tb(ctx):
+        await put_all(ctx, dut.x, rows, rng=random.Random(2), p_idle=0.3)
+
+    async def o_tb(ctx):
+        out["o"] = await get_n(ctx, dut.o, len(rows), rng=random.Random(3), p_stall=0.4)
+
+    run_sim(dut, [w_tb, x_tb, o_tb],
+            background=[partial(check_stream_rules, stream=s, name=n)
+                        for n, s in (("x", dut.x), ("w", dut.w), ("o", dut.o))],
+            deadline_cycles=5000, **sim_args)
+    got = np.array([[int(v) for v in o.data] for o in out["o"]])
+    assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("shape, load_words, modes", [
+    ((2, 3), 1, ["column", "row", "column"]),
+    ((4, 4), 1, ["column", "row", "column"]),
+    ((4, 4), 2, ["column2", "row2", "column2"]),
+    ((4, 6), 2, ["row2", "column2", "row2"]),
+])
+def test_array_latency_and_full_rate(shape, load_words, modes, sim_args):
     """Without back pressure the first result comes exactly ``latency`` cycles after its row,
     and a tile of M ≥ words rows follows the previous one with no gap (weights preloaded)."""
-    cfg = ArrayConfig(*shape)
+    cfg = ArrayConfig(*shape, load_words=load_words)
     dut = SystolicArray(cfg, backpressure=False)
     assert dut.latency == (cfg.rows - 1 + 1) + PE.LATENCY + (cfg.cols - 1 + 1)
     rng = np.random.default_rng(3)
-    m_rows = [max(cfg.rows, cfg.cols)] * 3
-    words, rows, ref = _tiles(cfg, rng, 3, m_rows, ["column", "row", "column"])
+    # A tile of pairs loads in half the words: passes of w_lanes / 2 rows follow back to back.
+    m_rows = [max(cfg.rows, cfg.cols) // load_words] * 3
+    words, rows, ref = _tiles(cfg, rng, 3, m_rows, modes)
     rows = [{**r, "tag": 0} for r in rows]
     marks = {"x": [], "o": []}
     got = []

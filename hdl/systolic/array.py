@@ -35,6 +35,11 @@ enforces it: ``w.ready`` falls once a whole tile is loaded and rises again with 
 ``first`` row, which waits (``x.ready`` low) until its tile is complete. A tile therefore
 occupies ``max(M, words)`` cycles: loading is hidden entirely when ``M ≥ rows`` (or ``cols``).
 
+With ``load_words = 2`` a word may be a *pair*, two rows' (columns') weights in one packet per
+lane (:func:`~hdl.systolic.pe.weight_packet_layout`); the PE of the first takes its weight and
+passes the second on as a plain packet, so the rule above holds unchanged and a tile of pairs
+is ``rows/2`` (``cols/2``) words: ``max(M, words)`` halves for short passes.
+
 Flow control
 ------------
 The mesh has no ready. With ``backpressure=True`` the results go into a queue of ``out_depth``
@@ -44,7 +49,7 @@ entries, and ``x`` is admitted only while the rows in flight plus the rows queue
 weights.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -74,11 +79,18 @@ def w_layout(config):
     ``row`` set: row load, lanes ``0 … cols−1`` are ``W[n0 + c, k]``; clear: column load, lanes
     ``0 … rows−1`` are ``W[n, k0 + r]``. The word's position in its tile selects the PE row or
     column.
+
+    With ``config.load_words = 2`` the data has ``2·max(rows, cols)`` lanes and a ``pair`` flag:
+    a pair word loads two PE rows (columns), the second word's lanes from ``max(rows, cols)``
+    on; a plain word (``pair`` clear) uses the first half only. A pair starts at an even PE row
+    (column) of its tile.
     """
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(config.w_bits), config.w_lanes),
-        "row": 1,
-    })
+    fields = {"data": data.ArrayLayout(signed(config.w_bits),
+                                       config.w_lanes * config.load_words),
+              "row": 1}
+    if config.load_words == 2:
+        fields["pair"] = 1
+    return data.StructLayout(fields)
 
 
 def o_layout(config, tag_shape=unsigned(0)):
@@ -211,7 +223,7 @@ class SystolicArray(wiring.Component):
         m.submodules.out_skew = out_skew = Skew(signed(cfg.acc_bits), self.out_delays(cfg))
 
         # -- weight tile bookkeeping -----------------------------------------------------------
-        w_count = Signal(range(cfg.w_lanes + 1))   # words of the next tile accepted so far
+        w_count = Signal(range(cfg.w_lanes + 1))   # PE rows/columns of the next tile so far
         w_row = Signal()                           # load direction of the next tile
         full = Signal()
         m.d.comb += full.eq((w_count != 0) & (w_count == Mux(w_row, R, C)))
@@ -231,11 +243,12 @@ class SystolicArray(wiring.Component):
             w_go.eq(self.w.valid & self.w.ready),
             index.eq(Mux(full, 0, w_count)),
         ]
+        pair = self.w.payload.pair if cfg.load_words == 2 else Const(0, 1)
         with m.If(w_go):
             with m.If(full | (w_count == 0)):
-                m.d.sync += [w_count.eq(1), w_row.eq(self.w.payload.row)]
+                m.d.sync += [w_count.eq(1 + pair), w_row.eq(self.w.payload.row)]
             with m.Else():
-                m.d.sync += w_count.eq(w_count + 1)
+                m.d.sync += w_count.eq(w_count + 1 + pair)
         with m.Elif(swap):
             m.d.sync += w_count.eq(0)
 
@@ -253,12 +266,20 @@ class SystolicArray(wiring.Component):
         # west edge (row r delayed d_r). A packet carries its direction, and each edge PE takes
         # only packets of its direction, so a square array without mesh registers feeds both
         # edges from one skew.
+        def packet(k):
+            # Lane k's packet, in the field order of weight_packet_layout.
+            fields = [w_go, self.w.payload.row]
+            if cfg.load_words == 2:
+                fields.append(pair)
+            fields += [index, self.w.payload.data[k]]
+            if cfg.load_words == 2:
+                fields.append(self.w.payload.data[cfg.w_lanes + k])
+            return Cat(*fields)
+
         def packet_skew(name, lanes, delays):
             skew = Skew(pkt, [d + 1 for d in delays])
             m.submodules[name] = skew
-            m.d.comb += skew.i.eq(Cat(
-                Cat(w_go, self.w.payload.row, index, self.w.payload.data[k])
-                for k in range(lanes)))
+            m.d.comb += skew.i.eq(Cat(packet(k) for k in range(lanes)))
             return skew
 
         top = packet_skew("w_skew" if self._shared_w_skew else "w_top_skew", C, cfg.col_delays)

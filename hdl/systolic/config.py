@@ -77,6 +77,11 @@ class ArrayConfig:
         Override the X operand, W operand and accumulator widths. ``a_bits`` ≤ 27 and
         ``w_bits`` ≤ 18 (the DSP48E2 multiplier), ``acc_bits`` ≤ 48 (its accumulator), and none
         narrower than the numerics' formats need.
+    load_words : int
+        Weight words per load word on the array's ``w`` stream: 1, or 2 (a *pair*: two
+        adjacent PE rows or columns per cycle, so a tile loads in half the cycles; ``rows`` and
+        ``cols`` must be even). With 2 every load packet carries two weights, so the packet
+        network is 16 bits wider per PE.
     """
 
     rows: int
@@ -88,10 +93,15 @@ class ArrayConfig:
     a_bits: int = None
     w_bits: int = None
     acc_bits: int = None
+    load_words: int = 1
 
     def __post_init__(self):
         check_int("rows", self.rows)
         check_int("cols", self.cols)
+        check_int("load_words", self.load_words, 1, 2)
+        if self.load_words == 2 and (self.rows % 2 or self.cols % 2):
+            raise ValueError(f"load_words = 2 loads PE rows and columns in pairs: rows and cols "
+                             f"must be even, not {self.rows}×{self.cols}")
         if not isinstance(self.numerics, Numerics):
             raise TypeError(f"numerics must be a golden.numerics.Numerics, not "
                             f"{self.numerics!r}")

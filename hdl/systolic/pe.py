@@ -35,13 +35,19 @@ def weight_packet_layout(config):
     ``valid``: a packet is present. ``row``: row-load packet (enters at the top, travels south,
     ``index`` names the target PE row) or column-load packet (enters at the west edge, travels
     east, ``index`` names the target PE column). ``data``: the weight.
+
+    With ``config.load_words = 2`` also ``pair``: the packet carries a second weight, ``data1``,
+    for the PE row or column ``index + 1`` (``index`` is even). The PE at ``index`` takes
+    ``data`` and sends on a plain packet for ``index + 1`` with ``data1``.
     """
-    return data.StructLayout({
-        "valid": 1,
-        "row": 1,
-        "index": range(config.w_lanes),
-        "data": signed(config.w_bits),
-    })
+    fields = {"valid": 1, "row": 1}
+    if config.load_words == 2:
+        fields["pair"] = 1
+    fields["index"] = range(config.w_lanes)
+    fields["data"] = signed(config.w_bits)
+    if config.load_words == 2:
+        fields["data1"] = signed(config.w_bits)
+    return data.StructLayout(fields)
 
 
 def x_lane_layout(config):
@@ -90,7 +96,10 @@ class PE(wiring.Component):
     ``w_shadow`` and stops; any other packet is registered into the transit field ``o.wp``,
     which feeds both the south and the east neighbour (each takes only packets of its
     direction). Writing the shadow and swapping it in on the same edge is safe: the swap reads
-    the old shadow.
+    the old shadow. A *pair* packet (``load_words = 2``) stops one PE later: the PE at its even
+    ``index`` takes ``data`` and registers a plain packet for ``index + 1`` carrying ``data1``
+    into ``o.wp``, exactly where a packet passing through would be, so the next PE writes its
+    shadow in the cycle a single word's packet would reach it.
 
     Inputs are not ports: they are the neighbours' output registers (or the grid's edge
     inputs), given at construction, and the PE reads them directly. All outputs are one
@@ -201,6 +210,21 @@ class PE(wiring.Component):
                     st.w_shadow.eq(Mux(from_n, wp_n.data, wp_w.data)),
                     o.wp.valid.eq(0),
                 ]
+                # A pair packet only ever names an even row or column: the split exists only
+                # in PEs whose row (for row loads) or column (for column loads) is even.
+                split_n = wp_n.pair if cfg.load_words == 2 and self._row % 2 == 0 else None
+                split_w = wp_w.pair if cfg.load_words == 2 and self._col % 2 == 0 else None
+                if split_n is not None or split_w is not None:
+                    split = Mux(from_n, 0 if split_n is None else split_n,
+                                0 if split_w is None else split_w)
+                    with m.If(split):
+                        m.d.sync += [
+                            o.wp.valid.eq(1),
+                            o.wp.row.eq(from_n),
+                            o.wp.pair.eq(0),
+                            o.wp.index.eq(Mux(from_n, wp_n.index, wp_w.index) | 1),
+                            o.wp.data.eq(Mux(from_n, wp_n.data1, wp_w.data1)),
+                        ]
             with m.Else():
                 m.d.sync += o.wp.eq(Mux(from_n, wp_n.as_value(), wp_w.as_value()))
         with m.Elif(o.wp.valid):
