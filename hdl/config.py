@@ -91,7 +91,8 @@ class AccelConfig:
     max_burst_beats, max_outstanding : int
         AXI burst length limit and bursts in flight per read master.
     weight_fifo_words : int
-        Weight words queued between the parameter stream and the compute unit (prefetch).
+        Weight words queued between the parameter stream and the compute unit (prefetch; the
+        queue holds ``weight_fifo_words / load_words`` transfers of the unit's ``w`` stream).
     watchdog_cycles : int
         An instruction that runs longer than this stops the frame with a program error, and a
         drain after an abort longer than this resets the datapath anyway (never hang).
@@ -290,11 +291,11 @@ class AccelConfig:
 
 ACCEL_PRESETS = {
     "zcu104": AccelConfig(
-        ComputeConfig(ArrayConfig(32, 32), max_m=256, max_k=768, max_n=768, abuf_depth=8192,
+        ComputeConfig(ArrayConfig(32, 32, load_words=2), max_m=256, max_k=768, max_n=768, abuf_depth=8192,
                       gelu=True),
         model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=256),
     "small": AccelConfig(
-        ComputeConfig(ArrayConfig(16, 4), max_m=8, max_k=768, max_n=128, abuf_depth=256,
+        ComputeConfig(ArrayConfig(16, 4, load_words=2), max_m=8, max_k=768, max_n=128, abuf_depth=256,
                       gelu=True),
         model="micro", ln_lanes=8, axi_ports=2, weight_fifo_words=16,
         watchdog_cycles=1 << 16),

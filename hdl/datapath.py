@@ -116,7 +116,7 @@ class Datapath(wiring.Component):
                                   n_ports=len(c.param_ports), addr_width=aw, data_width=dw,
                                   max_burst_beats=c.max_burst_beats,
                                   max_outstanding=c.max_outstanding,
-                                  w_depth=c.weight_fifo_words)
+                                  w_depth=max(c.weight_fifo_words // cc.array.load_words, 2))
         L = c.lanes
         self.load = LoadEngine(lanes=L, addr_bits=cc.addr_bits, addr_width=aw, data_width=dw,
                                ports=c.load_ports,

@@ -18,7 +18,7 @@
 Every engine reports completion or an error and never waits for something an error prevents.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -28,7 +28,7 @@ from .moe.layer import MoELayer
 from .nonlin.layernorm import layernorm_param_layout
 from .nonlin.softmax import softmax_input_layout, softmax_output_layout
 from .stream_util import Queue
-from .systolic.unit import command_layout, status_layout
+from .systolic.unit import command_layout, status_layout, w_stream_layout
 from .width import Packer, Unpacker
 
 __all__ = ["SharedMoELayer", "ParamStream", "RowEngine", "LoadEngine", "StoreEngine",
@@ -85,8 +85,7 @@ class SharedMoELayer(MoELayer):
         a, nx = cc.array, cc.numerics
         # Sinks seen from here (flipped), so that a source connects to them with `connect`.
         self.cu_cmd = stream.Signature(command_layout(cc)).flip().create(path=("cu_cmd",))
-        self.cu_w = stream.Signature(data.ArrayLayout(signed(a.w_bits), a.rows)).flip().create(
-            path=("cu_w",))
+        self.cu_w = stream.Signature(w_stream_layout(cc)).flip().create(path=("cu_w",))
         self.cu_b = stream.Signature(data.ArrayLayout(signed(nx.bias.width), a.cols)).flip() \
             .create(path=("cu_b",))
         self.cu_done = stream.Signature(status_layout(cc)).create(path=("cu_done",))
@@ -152,7 +151,8 @@ class ParamStream(wiring.Component):
 
     Segments (:data:`hdl.isa.segment_layout`) start on stream words: the header is the low 128
     bits of one, the payload fills whole ones. They are unpacked: BIAS items into ``b``
-    (``cols`` biases), WEIGHT items into ``w`` (``rows`` weights), LNPARAM beats into ``ln``
+    (``cols`` biases), WEIGHT items into ``w`` (``rows`` weights; with ``array.load_words =
+    2`` two items per ``w`` word, so a segment's ``n`` must be even), LNPARAM beats into ``ln``
     (the LayerNorm unit's parameter beats, ``count``/``last``/``eps`` filled in). A header with
     a bad magic byte, an unknown kind, ``n = 0`` or a ``words`` field that does not match ``n``
     stops the unpacking and raises ``error``; an AXI error of a manager raises ``axi_error``.
@@ -192,7 +192,7 @@ class ParamStream(wiring.Component):
                          for _ in range(n_ports)]
         self._w_depth = w_depth
         a, nx = compute.array, compute.numerics
-        self._w_layout = data.ArrayLayout(signed(a.w_bits), a.rows)
+        self._w_layout = w_stream_layout(compute)
         self._b_layout = data.ArrayLayout(signed(nx.bias.width), a.cols)
         members = {
             "go": In(1), "halt": In(1),
@@ -211,7 +211,7 @@ class ParamStream(wiring.Component):
     def kinds(self):
         """Bits per item of each segment kind."""
         a = self._cc.array
-        return {isa.Segment.BIAS: a.cols * 32, isa.Segment.WEIGHT: a.rows * 16,
+        return {isa.Segment.BIAS: a.cols * 32, isa.Segment.WEIGHT: a.rows * 16 * a.load_words,
                 isa.Segment.LNPARAM: self._ln.lanes * 32}
 
     @property
@@ -290,17 +290,22 @@ class ParamStream(wiring.Component):
                 with m.If(word.valid & ~err):
                     good = Signal()
                     counts = {}
+                    whole = {}               # n is a whole number of items
                     for k in widths:
                         counts[k] = hdr.n
+                        whole[k] = Const(1)
                         if k == isa.Segment.LNPARAM:
                             sh = _log2(self._ln.lanes)
                             counts[k] = (hdr.n + (1 << sh) - 1) >> sh
+                        if k == isa.Segment.WEIGHT and a.load_words == 2:
+                            counts[k] = hdr.n >> 1          # pairs of weight words
+                            whole[k] = ~hdr.n[0]
                     with m.Switch(hdr.kind):
                         for k, bits in widths.items():
                             with m.Case(int(k)):
                                 m.d.comb += good.eq(
                                     (hdr.words == expected_words(bits, counts[k]))
-                                    & (hdr.n != 0))
+                                    & (hdr.n != 0) & whole[k])
                     with m.If((hdr.magic == isa.SEGMENT_MAGIC) & good):
                         m.d.sync += [kind.eq(hdr.kind), n_items.eq(hdr.n), eps.eq(hdr.eps)]
                         for k, u in unp.items():

@@ -82,7 +82,8 @@ def _garbage(rng, n, bits):
 def weight_words(unit, w, rng=None):
     """The ``w`` stream words of the weight matrix ``w`` (N, K): N-tile outer, K-tile inner,
     ``cols`` words per tile, word ``c`` = ``w[n0 + c, k0 : k0 + rows]``. Lanes beyond the
-    matrix hold random garbage when ``rng`` is given (zeros otherwise)."""
+    matrix hold random garbage when ``rng`` is given (zeros otherwise). With
+    ``array.load_words = 2`` each stream word is two of them (words ``c`` and ``c + 1``)."""
     a = unit.config.array
     R, C = a.rows, a.cols
     n_rows, k = w.shape
@@ -95,6 +96,8 @@ def weight_words(unit, w, rng=None):
                     seg = w[n0 + c, k0:k0 + R]
                     lanes[:len(seg)] = [int(v) for v in seg]
                 words.append(lanes)
+    if a.load_words == 2:
+        words = [words[i] + words[i + 1] for i in range(0, len(words), 2)]
     return words
 
 
@@ -296,6 +299,7 @@ class ComputeDriver:
         """:meth:`ComputeUnit.cycles` for one product."""
         m, k, n = p.shape
         return self.unit.cycles(m, k, n, w_transposed=p.w_source == "abuf_t",
+                                w_from_abuf=p.w_source != "stream",
                                 bias=p.bias is not None, row_scale=p.row_scale is not None)
 
     # -- testbenches ------------------------------------------------------------------------

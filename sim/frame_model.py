@@ -167,6 +167,7 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             flags = MatmulFlags(f["flags"])
             tr = bool(flags & MatmulFlags.W_TRANSPOSED)
             cyc = cu.cycles(f["m"], f["k"], f["n"], w_transposed=tr,
+                            w_from_abuf=bool(flags & MatmulFlags.W_FROM_ABUF),
                             bias=bool(flags & MatmulFlags.BIAS))
             nbytes = 0
             if not flags & MatmulFlags.W_FROM_ABUF:
@@ -205,7 +206,7 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
                 fetched = s + fetch + (latency if j == 0 or s > dma_free else 0)
                 dma_free = fetched
                 start = ends[-1] if ends else route
-                tail = max(n, a.cols) + sm_lat
+                tail = max(n, a.cols // a.load_words) + sm_lat
                 ends.append(max(start + comp, fetched + tail))
             cyc = ends[-1]
             bound = moe_engine.compute_bound_cycles(layer_counts)

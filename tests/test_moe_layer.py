@@ -86,15 +86,17 @@ def test_micro_skewed_routings(routing, sim_args):
     assert all(len(tok) == N for _, tok, _ in info["experts"])
 
 
-@pytest.mark.parametrize("E, k, img, ports", [
-    (4, 4, 32, 2),       # k = E: every expert gets every token
-    (16, 2, 48, 1),
-    (64, 1, 48, 4),
+@pytest.mark.parametrize("E, k, img, ports, load_words", [
+    (4, 4, 32, 2, 1),       # k = E: every expert gets every token
+    (16, 2, 48, 1, 1),
+    (64, 1, 48, 4, 1),
+    (4, 2, 32, 2, 2),       # weights loaded in pairs (the zcu104 array's way)
+    (16, 2, 48, 1, 2),
 ])
-def test_expert_counts_and_top_k(E, k, img, ports, sim_args):
+def test_expert_counts_and_top_k(E, k, img, ports, load_words, sim_args):
     cfg = _synth_cfg(E, k, img=img)
     qm, u, x = synthetic_case(cfg, E + k, "random")
-    compute = compute_config(cfg, ARRAY, ARRAY)
+    compute = compute_config(cfg, ARRAY, ARRAY, load_words)
     res = simulate_layer(qm, u, x, 0, 1, compute, ports=ports, latency=25, jitter=10,
                          seed=E, **sim_args)
     _check(res, qm, u, x, 1)

@@ -29,8 +29,9 @@ DEPTH = 8
 
 
 def _config(ports):
-    # The `small` accelerator (16 × 4 array: 256-bit weight words, 128-bit bias words, 8-lane
-    # LayerNorm: 256-bit parameter beats) with the stream on `ports` of four 128-bit ports.
+    # The `small` accelerator (16 × 4 array: 256-bit weight words, two to a `w` word, 128-bit
+    # bias words, 8-lane LayerNorm: 256-bit parameter beats) with the stream on `ports` of four
+    # 128-bit ports.
     return get_accel_config("small").replace(axi_ports=4, stream_ports=ports)
 
 
@@ -58,11 +59,13 @@ def _segments(cfg, kinds, rng):
     return raw, s, want
 
 
-def _items(raw, seg, bits, word_bytes):
-    """The first ``n`` items of ``bits`` of a segment's payload, as integers."""
+def _items(raw, seg, bits, word_bytes, per=1):
+    """The segment's ``n`` items of ``bits`` from its payload, ``per`` at a time, as
+    integers."""
     start = seg["offset"] + word_bytes
     payload = int.from_bytes(raw[start:start + seg["words"] * 16], "little")
-    return [(payload >> (i * bits)) & ((1 << bits) - 1) for i in range(seg["n"])]
+    bits *= per
+    return [(payload >> (i * bits)) & ((1 << bits) - 1) for i in range(seg["n"] // per)]
 
 
 def _fields(item, width, count, stride):
@@ -75,7 +78,7 @@ def _fields(item, width, count, stride):
 
 
 def run_stream(ports, kinds, *, seed, p_stall, latency=10, sim_args, observe=None,
-               corrupt=False):
+               corrupt=False, odd=False):
     cfg = _config(ports)
     rng = random.Random(seed)
     raw, s, want = _segments(cfg, kinds, rng)
@@ -84,8 +87,13 @@ def run_stream(ports, kinds, *, seed, p_stall, latency=10, sim_args, observe=Non
         # The last segment's header claims one stream word more than its payload.
         seg = s.segments[-1]
         hdr = isa.decode_segment_header(raw[seg["offset"]:seg["offset"] + 16])
-        bad = isa.encode_segment_header(hdr["kind"], hdr["n"], hdr["words"] + ports,
-                                        hdr["eps"])
+        if odd:
+            # One weight word more, the same stream words: not a whole number of w pairs.
+            bad = isa.encode_segment_header(hdr["kind"], hdr["n"] + 1, hdr["words"],
+                                            hdr["eps"])
+        else:
+            bad = isa.encode_segment_header(hdr["kind"], hdr["n"], hdr["words"] + ports,
+                                            hdr["eps"])
         raw = raw[:seg["offset"]] + bad + raw[seg["offset"] + 16:]
     image = isa.interleave_stream(raw, ports, cfg.beat_bytes)
     dut = ParamStream(compute=cfg.compute, ln_config=cfg.layernorm, n_ports=ports,
@@ -102,7 +110,8 @@ def run_stream(ports, kinds, *, seed, p_stall, latency=10, sim_args, observe=Non
     a = cfg.compute.array
     lanes = cfg.ln_lanes
     pw = cfg.layernorm.param_fmt.width
-    n_w = sum(seg["n"] for seg in want["w"])
+    lw = a.load_words                     # weight words per w transfer
+    n_w = sum(seg["n"] // lw for seg in want["w"])
     n_b = sum(seg["n"] for seg in want["b"])
     n_ln = sum(-(-seg["n"] // lanes) for seg in want["ln"])
     got = {}
@@ -147,11 +156,11 @@ def run_stream(ports, kinds, *, seed, p_stall, latency=10, sim_args, observe=Non
             background=[d.testbench for d in ddrs] + [c.testbench for c in checkers] + streams
             + [timing], deadline_cycles=20000, **sim_args)
 
-    exp_w = [v for seg in want["w"] for v in _items(raw, seg, a.rows * 16, word_bytes)]
+    exp_w = [v for seg in want["w"] for v in _items(raw, seg, a.rows * 16, word_bytes, lw)]
     exp_b = [v for seg in want["b"] for v in _items(raw, seg, a.cols * 32, word_bytes)]
     assert len(got["w"]) == len(exp_w) and len(got["b"]) == len(exp_b)
     for i, (g, e) in enumerate(zip(got["w"], exp_w)):
-        assert [int(x) for x in g] == _fields(e, 16, a.rows, 16), f"weight word {i}"
+        assert [int(x) for x in g] == _fields(e, 16, a.rows * lw, 16), f"weight word {i}"
     bw = cfg.numerics.bias.width
     for i, (g, e) in enumerate(zip(got["b"], exp_b)):
         assert [int(x) for x in g] == _fields(e, bw, a.cols, 32), f"bias word {i}"
@@ -200,12 +209,13 @@ def test_param_stream_random(ports, kinds, p_stall, seed, sim_args):
 @pytest.mark.parametrize("ports", [1, 2, 4])
 def test_param_stream_throughput(ports, sim_args):
     """A long weight segment with nothing stalling comes out at the stream's width: ``ports``
-    bus words per cycle (a 256-bit weight word every 2/ports cycles), so two ports take half
-    the cycles of one."""
+    bus words per cycle (a pair of 256-bit weight words every 4/ports cycles), so two ports
+    take half the cycles of one."""
     obs = {}
     run_stream(ports, [("w", 16, 160)], seed=5, p_stall=0.0, sim_args=sim_args, observe=obs)
     cfg = _config(ports)
-    per_word = cfg.compute.array.rows * 16 / cfg.stream_bits     # cycles per weight word
+    a = cfg.compute.array
+    per_word = a.rows * 16 * a.load_words / cfg.stream_bits     # cycles per w transfer
     span = obs["last_w"] - obs["first_w"] + 1
     assert span <= obs["n_w"] * max(per_word, 1) + 8, (span, obs["n_w"])
 
@@ -215,6 +225,14 @@ def test_param_stream_bad_header(ports, sim_args):
     """A segment header whose ``words`` does not match its ``n`` raises ``error``."""
     run_stream(ports, [("w", 2, 8), ("ln", 5)], seed=3, p_stall=0.0, sim_args=sim_args,
                corrupt=True)
+
+
+def test_param_stream_odd_weight_count(sim_args):
+    """With weight words in pairs (``load_words = 2``), a WEIGHT segment of an odd number of
+    words raises ``error``."""
+    assert _config(2).compute.array.load_words == 2
+    run_stream(2, [("w", 2, 8)], seed=4, p_stall=0.0, sim_args=sim_args, corrupt=True,
+               odd=True)
 
 
 def test_param_stream_refuses():

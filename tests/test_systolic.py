@@ -110,14 +110,16 @@ def test_pe_mac_swap_and_latency():
         ctx.set(wp_n, {"valid": 1, "row": 1, "index": 1, "data": -7})
         await ctx.tick()
         ctx.set(wp_n, {"valid": 0, "row": 0, "index": 0, "data": 0})
-        assert not ctx.get(pe.o.wp.valid)           # consumed, not forwarded
-        # Column-load packet for column 1 from the west: not ours, forwarded in transit.
+        assert not ctx.get(pe.o.wp_s.valid)         # consumed, not forwarded
+        assert not ctx.get(pe.o.wp_e.valid)
+        # Column-load packet for column 1 from the west: not ours, forwarded east in transit.
         ctx.set(wp_w, {"valid": 1, "row": 0, "index": 1, "data": 5})
         await ctx.tick()
         ctx.set(wp_w, {"valid": 0, "row": 0, "index": 0, "data": 0})
-        assert ctx.get(pe.o.wp.valid) and ctx.get(pe.o.wp.data) == 5
+        assert ctx.get(pe.o.wp_e.valid) and ctx.get(pe.o.wp_e.data) == 5
+        assert not ctx.get(pe.o.wp_s.valid)
         await ctx.tick()
-        assert not ctx.get(pe.o.wp.valid)
+        assert not ctx.get(pe.o.wp_e.valid)
         # X rows: the first swaps the shadow in; psum = psum_n + x·w after LATENCY cycles.
         seq = [(3, 1, 100), (-4, 0, 0), (32767, 0, -1)]
         results = []

@@ -23,7 +23,7 @@ from ..nonlin.config import SoftmaxConfig
 from ..nonlin.softmax import Softmax
 from ..stream_util import Queue
 from ..systolic.config import ComputeConfig
-from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature
+from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature, w_stream_layout
 from .dma import ROUTER, ExpertDMA, choose_ports
 from .layout import PARTS, ImageLayout, SystolicOrder
 from .reorder import Reorder, expert_entry_layout
@@ -164,9 +164,11 @@ class MoELayerConfig:
 
     @property
     def weight_bytes_per_cycle(self):
-        """Weight bytes the compute unit consumes per cycle at most: one word of ``rows``
-        16-bit weights per cycle (a tile of ``cols`` words per pass of ``max(M, cols)``)."""
-        return self.compute.array.rows * self.numerics.weight.width / 8
+        """Weight bytes the compute unit consumes per cycle at most: ``load_words`` words of
+        ``rows`` 16-bit weights per cycle (a tile of ``cols`` words per pass of
+        ``max(M, cols / load_words)``)."""
+        a = self.compute.array
+        return a.rows * self.numerics.weight.width * a.load_words / 8
 
     # -- activation-buffer plan ------------------------------------------------------------
 
@@ -207,9 +209,11 @@ class MoELayerConfig:
     @property
     def read_words(self):
         """Bus words per read of the DMA buffers: one read gives a whole bias word of ``cols``
-        32-bit biases and a whole number of weight words of ``rows`` weights."""
+        32-bit biases and a whole number of the compute unit's ``w`` words (``load_words``
+        weight words of ``rows`` weights)."""
         a = self.compute.array
-        bits = max(a.cols * 32, a.rows * self.numerics.weight.width, self.data_width)
+        bits = max(a.cols * 32, a.rows * self.numerics.weight.width * a.load_words,
+                   self.data_width)
         return bits // self.data_width
 
     # -- cycle model --------------------------------------------------------------------------
@@ -252,7 +256,7 @@ class _Feeder(wiring.Component):
             "error": In(1),
             "want": Out(1),
             "want_part": Out(range(len(PARTS))),
-            "w": Out(stream.Signature(data.ArrayLayout(signed(a.w_bits), a.rows))),
+            "w": Out(stream.Signature(w_stream_layout(cfg.compute))),
             "b": Out(stream.Signature(data.ArrayLayout(signed(nx.bias.width), a.cols))),
         })
 
@@ -263,7 +267,8 @@ class _Feeder(wiring.Component):
         d, h, E = cfg.dim, cfg.hidden, cfg.num_experts
 
         def nw(n, k):
-            return -(-n // a.cols) * -(-k // a.rows) * a.cols
+            # w transfers of an (n, k) matrix: cols weight words per tile, load_words a transfer.
+            return -(-n // a.cols) * -(-k // a.rows) * (a.cols // a.load_words)
 
         return {
             self.ROUTER: [(ROUTER, "w", nw(E, d))],
@@ -275,7 +280,8 @@ class _Feeder(wiring.Component):
 
     def _bits(self, target):
         a = self._cfg.compute.array
-        return a.cols * 32 if target == "b" else a.rows * self._cfg.numerics.weight.width
+        return (a.cols * 32 if target == "b"
+                else a.rows * self._cfg.numerics.weight.width * a.load_words)
 
     def _reads(self, target, n_out):
         per = self._cfg.read_words * self._cfg.data_width // self._bits(target)

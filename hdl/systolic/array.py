@@ -36,9 +36,10 @@ enforces it: ``w.ready`` falls once a whole tile is loaded and rises again with 
 occupies ``max(M, words)`` cycles: loading is hidden entirely when ``M ≥ rows`` (or ``cols``).
 
 With ``load_words = 2`` a word may be a *pair*, two rows' (columns') weights in one packet per
-lane (:func:`~hdl.systolic.pe.weight_packet_layout`); the PE of the first takes its weight and
-passes the second on as a plain packet, so the rule above holds unchanged and a tile of pairs
-is ``rows/2`` (``cols/2``) words: ``max(M, words)`` halves for short passes.
+lane (:func:`~hdl.systolic.pe.weight_packet_layout`: an even and an odd slot); the PE of the
+first takes its weight and lets the packet go on to the second, so the rule above holds
+unchanged and a tile of pairs is ``rows/2`` (``cols/2``) words: ``max(M, words)`` halves for
+short passes.
 
 Flow control
 ------------
@@ -273,7 +274,9 @@ class SystolicArray(wiring.Component):
                 fields.append(pair)
             fields += [index, self.w.payload.data[k]]
             if cfg.load_words == 2:
-                fields.append(self.w.payload.data[cfg.w_lanes + k])
+                # The odd slot: a pair's second word, or a plain word (for an odd PE).
+                fields.append(Mux(pair, self.w.payload.data[cfg.w_lanes + k],
+                                  self.w.payload.data[k]))
             return Cat(*fields)
 
         def packet_skew(name, lanes, delays):

@@ -2,7 +2,7 @@
 """A block of PEs wired neighbour to neighbour (Gemmini's ``Tile.scala``).
 
 Inside a grid every PE reads only its west and north neighbours' output registers (``o.x``,
-``o.psum``, ``o.wp``), directly, so the grid adds no delay and no wiring copies of its own but
+``o.psum``, ``o.wp_s``, ``o.wp_e``), directly, so the grid adds no delay and no wiring copies of its own but
 one wire per edge lane. The :class:`~hdl.systolic.mesh.Mesh` tiles the array with grids and may
 add pipeline registers at their boundaries.
 """
@@ -118,14 +118,14 @@ class PEGrid(wiring.Component):
                 north = pes[i - 1, j].o if i else None
                 pe = PE(self._config, r, c,
                         x_w=west.x if west is not None else edge_w[i][0],
-                        wp_w=west.wp if west is not None else edge_w[i][1],
+                        wp_w=west.wp_e if west is not None else edge_w[i][1],
                         psum_n=north.psum if north is not None else edge_n[j][0],
-                        wp_n=north.wp if north is not None else edge_n[j][1])
+                        wp_n=north.wp_s if north is not None else edge_n[j][1])
                 pes[i, j] = m.submodules[f"pe_{r}_{c}"] = pe
         for i in range(nr):
             east = pes[i, nc - 1].o
-            m.d.comb += [self.x_e[i].eq(east.x), self.wp_e[i].eq(east.wp)]
+            m.d.comb += [self.x_e[i].eq(east.x), self.wp_e[i].eq(east.wp_e)]
         for j in range(nc):
             south = pes[nr - 1, j].o
-            m.d.comb += [self.psum_s[j].eq(south.psum), self.wp_s[j].eq(south.wp)]
+            m.d.comb += [self.psum_s[j].eq(south.psum), self.wp_s[j].eq(south.wp_s)]
         return m

@@ -12,7 +12,8 @@ register           DSP48E2                       role
 ``o.x``            A1/A2 (and a fabric copy)     X operand; also passed east to the next PE
 ``prod_q``         M (MREG)                      the 16 × 16 product
 ``o.psum``         P (PREG), PCIN → PCOUT        partial sum, passed south on the P cascade
-``o.wp``           fabric                        load packet in transit to another PE
+``o.wp_s``         fabric                        row-load packet in transit to the south
+``o.wp_e``         fabric                        column-load packet in transit to the east
 =================  ===========================  ==============================================
 
 The B1/B2 pair with separate clock enables is the double buffer: the next tile's weight is
@@ -36,9 +37,10 @@ def weight_packet_layout(config):
     ``index`` names the target PE row) or column-load packet (enters at the west edge, travels
     east, ``index`` names the target PE column). ``data``: the weight.
 
-    With ``config.load_words = 2`` also ``pair``: the packet carries a second weight, ``data1``,
-    for the PE row or column ``index + 1`` (``index`` is even). The PE at ``index`` takes
-    ``data`` and sends on a plain packet for ``index + 1`` with ``data1``.
+    With ``config.load_words = 2`` the packet has two weight slots, ``data`` for an even PE row
+    (column) and ``data1`` for an odd one, and a ``pair`` flag: a pair packet (``index`` even)
+    loads the PEs ``index`` (from ``data``) and ``index + 1`` (from ``data1``); a plain packet
+    loads the PE ``index`` from the slot of its parity. So every PE reads one fixed slot.
     """
     fields = {"valid": 1, "row": 1}
     if config.load_words == 2:
@@ -58,11 +60,12 @@ def x_lane_layout(config):
 
 def pe_out_layout(config):
     """Layout of a PE's output register: the X lane passed east, the partial sum passed south
-    and the transit load packet (to both)."""
+    and the load packets in transit, row loads south and column loads east."""
     return data.StructLayout({
         "x": x_lane_layout(config),
         "psum": signed(config.acc_bits),
-        "wp": weight_packet_layout(config),
+        "wp_s": weight_packet_layout(config),
+        "wp_e": weight_packet_layout(config),
     })
 
 
@@ -93,13 +96,16 @@ class PE(wiring.Component):
 
     Weight load: a packet arriving from the north (``row`` set) or the west (``row`` clear) whose
     ``index`` equals this PE's row (row load) or column (column load) is written into
-    ``w_shadow`` and stops; any other packet is registered into the transit field ``o.wp``,
-    which feeds both the south and the east neighbour (each takes only packets of its
-    direction). Writing the shadow and swapping it in on the same edge is safe: the swap reads
-    the old shadow. A *pair* packet (``load_words = 2``) stops one PE later: the PE at its even
-    ``index`` takes ``data`` and registers a plain packet for ``index + 1`` carrying ``data1``
-    into ``o.wp``, exactly where a packet passing through would be, so the next PE writes its
-    shadow in the cycle a single word's packet would reach it.
+    ``w_shadow`` and stops; any other packet of that direction goes on, registered into
+    ``o.wp_s`` (row loads, to the south neighbour) or ``o.wp_e`` (column loads, to the east
+    one). The two transit registers copy their packet's fields unconditionally (only ``valid``
+    has logic), so the packet network costs flip-flops, not multiplexers. Writing the shadow
+    and swapping it in on the same edge is safe: the swap reads the old shadow.
+
+    With ``load_words = 2`` a PE at an even position takes ``data`` of a packet naming it and
+    lets a pair packet go on (the next PE takes ``data1``); a PE at an odd position ``p`` takes
+    ``data1`` of a plain packet naming ``p`` or a pair packet naming ``p − 1`` (``index | pair
+    == p``), and stops both.
 
     Inputs are not ports: they are the neighbours' output registers (or the grid's edge
     inputs), given at construction, and the PE reads them directly. All outputs are one
@@ -126,13 +132,13 @@ class PE(wiring.Component):
     -------
     o : Out(pe_out_layout(config))
         The PE's registers: ``o.x`` (``x_w`` one cycle later, to the east neighbour), ``o.psum``
-        (``psum_n + x·w``, ``LATENCY`` cycles after ``x_w``, to the south neighbour), ``o.wp``
-        (the transit packet, to both).
+        (``psum_n + x·w``, ``LATENCY`` cycles after ``x_w``, to the south neighbour),
+        ``o.wp_s`` and ``o.wp_e`` (the packets in transit to the south and east neighbours).
     """
 
     #: Cycles from ``x_w`` to the partial sum on ``o.psum``.
     LATENCY = 3
-    #: Cycles from ``x_w`` to ``o.x`` (and from ``wp_n``/``wp_w`` to ``o.wp``).
+    #: Cycles from ``x_w`` to ``o.x`` (and from ``wp_n``/``wp_w`` to ``o.wp_s``/``o.wp_e``).
     X_HOP = 1
 
     def __init__(self, config, row, col, *, x_w, psum_n, wp_n, wp_w):
@@ -201,32 +207,26 @@ class PE(wiring.Component):
         # Weight-load packets. Row packets only ever come from the north and column packets
         # only from the west; two never meet in one PE (one word enters the array per cycle and
         # every packet of a word travels with the same delay as the X rows, see array.py).
-        from_n = wp_n.valid & wp_n.row
-        from_w = wp_w.valid & ~wp_w.row
-        with m.If(from_n | from_w):
-            mine = Mux(from_n, wp_n.index == self._row, wp_w.index == self._col)
-            with m.If(mine):
-                m.d.sync += [
-                    st.w_shadow.eq(Mux(from_n, wp_n.data, wp_w.data)),
-                    o.wp.valid.eq(0),
-                ]
-                # A pair packet only ever names an even row or column: the split exists only
-                # in PEs whose row (for row loads) or column (for column loads) is even.
-                split_n = wp_n.pair if cfg.load_words == 2 and self._row % 2 == 0 else None
-                split_w = wp_w.pair if cfg.load_words == 2 and self._col % 2 == 0 else None
-                if split_n is not None or split_w is not None:
-                    split = Mux(from_n, 0 if split_n is None else split_n,
-                                0 if split_w is None else split_w)
-                    with m.If(split):
-                        m.d.sync += [
-                            o.wp.valid.eq(1),
-                            o.wp.row.eq(from_n),
-                            o.wp.pair.eq(0),
-                            o.wp.index.eq(Mux(from_n, wp_n.index, wp_w.index) | 1),
-                            o.wp.data.eq(Mux(from_n, wp_n.data1, wp_w.data1)),
-                        ]
-            with m.Else():
-                m.d.sync += o.wp.eq(Mux(from_n, wp_n.as_value(), wp_w.as_value()))
-        with m.Elif(o.wp.valid):
-            m.d.sync += o.wp.valid.eq(0)
+        def arrive(wp, here, row):
+            """(take, stop, weight) of a packet ``wp`` for the PE at position ``here``."""
+            valid = wp.valid & (wp.row if row else ~wp.row)
+            if cfg.load_words == 1:
+                take = valid & (wp.index == here)
+                return take, take, wp.data
+            if here % 2 == 0:
+                take = valid & (wp.index == here)
+                return take, take & ~wp.pair, wp.data
+            take = valid & ((wp.index | wp.pair) == here)
+            return take, take, wp.data1
+
+        take_n, stop_n, w_n = arrive(wp_n, self._row, True)
+        take_w, stop_w, w_w = arrive(wp_w, self._col, False)
+        with m.If(take_n | take_w):
+            m.d.sync += st.w_shadow.eq(Mux(take_n, w_n, w_w))
+        m.d.sync += [
+            o.wp_s.eq(wp_n),
+            o.wp_s.valid.eq(wp_n.valid & wp_n.row & ~stop_n),
+            o.wp_e.eq(wp_w),
+            o.wp_e.valid.eq(wp_w.valid & ~wp_w.row & ~stop_w),
+        ]
         return m

@@ -26,7 +26,9 @@ sequencer runs ``J = KT·NT`` *passes*, N-tile outer, K-tile inner. A pass loads
 into the PEs' shadow registers and streams all ``M`` X rows through the array; the first row
 swaps the tile in. The loader fetches the next pass's ``Lw`` words (``Lw = cols`` for a column
 load, ``rows`` for a row load) while the current pass computes, so a pass takes
-``P = max(M, Lw)`` cycles and passes follow back to back.
+``P = max(M, Lw)`` cycles and passes follow back to back. With ``array.load_words = 2`` the
+words of the ``w`` stream come and load in pairs (:mod:`hdl.systolic.array`), ``Lw = cols/2``:
+an expert's passes of fewer than ``cols`` tokens take half the cycles.
 
 The array's ``cols`` partial sums per row go to the accumulator memory (``max_m`` words of
 ``cols × acc_bits``): the first K-tile writes ``psum + (bias << b_shift)``, later ones add the
@@ -39,7 +41,8 @@ From the cycle a command is accepted on ``cmd`` to the cycle ``done.valid`` rise
 stream ready when the unit wants it::
 
     cycles(M, K, N) = PRE + max(Lw, NT·bias, M·row_scale) + (J − 1)·P + M + POST
-    P    = max(M, Lw)          Lw = rows if w_transposed else cols
+    P    = max(M, Lw)          Lw = rows if w_transposed, cols if W comes from abuf,
+                               cols / load_words if from the w stream (pairs, see below)
     J    = ceil(K/rows)·ceil(N/cols)
     PRE  = 2                   (accept, decode)
     POST = 2 (buffer read, operand select) + array latency + 2 (accumulate)
@@ -108,7 +111,8 @@ from ..stream_util import Queue
 from .array import SystolicArray
 from .config import ComputeConfig
 
-__all__ = ["Error", "command_layout", "status_layout", "ext_signature", "ComputeUnit"]
+__all__ = ["Error", "command_layout", "status_layout", "w_stream_layout", "ext_signature",
+           "ComputeUnit"]
 
 
 class Error(enum.Enum, shape=unsigned(3)):
@@ -154,6 +158,13 @@ def command_layout(config):
         "q_shift": shift, "b_shift": shift,
         "out_bits": unsigned(cfg.array.elem_bits.bit_length() + 1),
     })
+
+
+def w_stream_layout(config):
+    """Payload of the ``w`` stream: ``array.load_words`` weight words of ``rows`` weights (word
+    ``c`` in the low lanes, ``c + 1`` above it when ``load_words = 2``)."""
+    a = config.array
+    return data.ArrayLayout(signed(a.w_bits), a.rows * a.load_words)
 
 
 def status_layout(config):
@@ -236,11 +247,13 @@ class ComputeUnit(wiring.Component):
     done : Out(stream.Signature(status_layout(config)))
         One status per command, after its last output row is written. Respects back pressure:
         the next command is accepted only after this transfer.
-    w : In(stream.Signature(ArrayLayout(signed(w_bits), rows)))
+    w : In(stream.Signature(ArrayLayout(signed(w_bits), rows · load_words)))
         Weight words for commands without ``w_from_abuf``: for each N-tile (outer) and K-tile
         (inner) ``cols`` words, word ``c`` = ``W[n0 + c, k0 : k0 + rows]`` (lanes beyond K or
-        N are don't-care). The unit queues up to ``w_queue_tiles`` tiles ahead; respects back
-        pressure (bubbles only delay the product).
+        N are don't-care). With ``array.load_words = 2`` each transfer carries two words, ``c``
+        in lanes ``0 … rows−1`` and ``c + 1`` in lanes ``rows … 2·rows−1``: ``cols/2``
+        transfers per tile, which the array loads in as many cycles. The unit queues up to
+        ``w_queue_tiles`` tiles ahead; respects back pressure (bubbles only delay the product).
     b : In(stream.Signature(ArrayLayout(signed(bias.width), cols)))
         Biases (``numerics.bias``) for commands with ``bias``: one word per N-tile,
         ``b[n0 : n0 + cols]``. Taken at the start of the command.
@@ -286,7 +299,7 @@ class ComputeUnit(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(command_layout(config))),
             "done": Out(stream.Signature(status_layout(config))),
-            "w": In(stream.Signature(data.ArrayLayout(signed(acfg.w_bits), acfg.rows))),
+            "w": In(stream.Signature(w_stream_layout(config))),
             "b": In(stream.Signature(data.ArrayLayout(signed(nx.bias.width), acfg.cols))),
             "s": In(stream.Signature(signed(nx.prob.width))),
             "r": In(stream.Signature(unsigned(config.addr_bits))),
@@ -391,10 +404,10 @@ class ComputeUnit(wiring.Component):
 
     @property
     def w_queue(self):
-        """The weight queue (``w_queue_tiles`` tiles of ``cols`` words)."""
+        """The weight queue (``w_queue_tiles`` tiles of ``cols / load_words`` transfers)."""
         a = self._config.array
         return self._part("w_queue", lambda: Queue(
-            data.ArrayLayout(signed(a.w_bits), a.rows), self._config.w_queue_tiles * a.cols,
+            w_stream_layout(self._config), self._config.w_queue_tiles * a.cols // a.load_words,
             buffered=False))
 
     @property
@@ -436,22 +449,32 @@ class ComputeUnit(wiring.Component):
 
     # -- the cycle formula ------------------------------------------------------------------
 
-    def tiles(self, m, k, n, *, w_transposed=False):
-        """``(KT, NT, Lw, P)``: K-tiles, N-tiles, words per weight tile, cycles per pass."""
+    def tiles(self, m, k, n, *, w_transposed=False, w_from_abuf=False):
+        """``(KT, NT, Lw, P)``: K-tiles, N-tiles, load words per weight tile, cycles per pass.
+
+        ``Lw`` is ``rows`` for a row load (``w_transposed``), ``cols`` for a column load from
+        the activation buffer, ``cols / load_words`` for a column load from the ``w`` stream.
+        """
         a = self._config.array
         self._config.check_shape(m, k, n)
         kt, nt = -(-k // a.rows), -(-n // a.cols)
-        lw = a.rows if w_transposed else a.cols
+        if w_transposed:
+            lw = a.rows
+        elif w_from_abuf:
+            lw = a.cols
+        else:
+            lw = a.cols // a.load_words
         return kt, nt, lw, max(m, lw)
 
-    def cycles(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False):
+    def cycles(self, m, k, n, *, w_transposed=False, w_from_abuf=False, bias=False,
+               row_scale=False):
         """Cycles from the ``cmd`` transfer to ``done.valid`` with every stream ready.
 
         ``PRE + max(Lw, NT·bias, M·row_scale) + (J − 1)·max(M, Lw) + M − 1 + latency + 1``; see
         the module docstring (the row offsets of ``gather``/``scatter`` add nothing). Raises
         ``ValueError`` for shapes the unit refuses.
         """
-        kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed)
+        kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed, w_from_abuf=w_from_abuf)
         pre = max(lw, nt if bias else 0, m if row_scale else 0)
         return self.PRE_CYCLES + pre + (kt * nt - 1) * p + m - 1 + self.latency + self.DONE_CYCLES
 
@@ -459,7 +482,8 @@ class ComputeUnit(wiring.Component):
         """``M·K·N / (rows·cols)``: cycles if every PE did a useful MAC every cycle."""
         return m * k * n / self._config.array.n_pes
 
-    def loss_breakdown(self, m, k, n, *, w_transposed=False, bias=False, row_scale=False):
+    def loss_breakdown(self, m, k, n, *, w_transposed=False, w_from_abuf=False, bias=False,
+                       row_scale=False):
         """Where :meth:`cycles` goes, in cycles of the whole array.
 
         Returns a dict: ``ideal`` (useful MACs / PEs), ``tile_edges`` (PEs idle because K or N
@@ -468,7 +492,7 @@ class ComputeUnit(wiring.Component):
         the first pass), ``fill_drain`` (decode, pipeline latency and ``done``). They sum to
         :meth:`cycles`.
         """
-        kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed)
+        kt, nt, lw, p = self.tiles(m, k, n, w_transposed=w_transposed, w_from_abuf=w_from_abuf)
         j = kt * nt
         ideal = self.ideal_cycles(m, k, n)
         pre = max(lw, nt if bias else 0, m if row_scale else 0)
@@ -709,7 +733,8 @@ class ComputeUnit(wiring.Component):
                 out_bits_m1 = (c.out_bits - 1).as_unsigned()[:len(c.out_bits)]
                 q_shift_m1 = (c.q_shift - 1).as_unsigned()[:len(c.q_shift)]
                 m.d.sync += [
-                    tile_words.eq(Mux(c.w_transposed, R, C)),
+                    tile_words.eq(Mux(c.w_transposed, R,
+                                      Mux(c.w_from_abuf, C, C // acfg.load_words))),
                     sat_hi.eq((one << out_bits_m1) - 1),
                     sat_lo.eq(-(one << out_bits_m1)),
                     q_mask.eq(Mux(c.q_shift == 0, 0,
@@ -982,7 +1007,7 @@ class ComputeUnit(wiring.Component):
         w1_valid = Signal()
         w1 = Signal(data.StructLayout({
             "abuf": 1, "row": 1, "kgroup": range(GK), "ngroup": range(GN),
-            "q": data.ArrayLayout(signed(acfg.w_bits), R)}), reset_less=True)
+            "q": data.ArrayLayout(signed(acfg.w_bits), R * acfg.load_words)}), reset_less=True)
         wm.d.sync += w1_valid.eq(l_issue)
         with wm.If(l_issue):
             wm.d.sync += [
@@ -1001,6 +1026,12 @@ class ComputeUnit(wiring.Component):
                 row_val = group_select(w_rd.data, w1.ngroup, GN, C, i) if i < C else 0
                 q_val = w1.q[i] if i < R else 0
                 wm.d.sync += w2.data[i].eq(Mux(w1.abuf, Mux(w1.row, row_val, col_val), q_val))
+            if acfg.load_words == 2:
+                # Stream words come in pairs (the second word's lanes from w_lanes on), abuf
+                # words one at a time.
+                wm.d.sync += w2.pair.eq(~w1.abuf)
+                for i in range(R):
+                    wm.d.sync += w2.data[acfg.w_lanes + i].eq(w1.q[R + i])
 
         # -- accumulation over K tiles ------------------------------------------------------
         am = Module()

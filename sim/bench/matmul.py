@@ -127,11 +127,12 @@ def simulate(m, k, n, *, rows=16, cols=16, kind="qkv", seed=0, p_idle=0.0):
     mismatches = int(np.count_nonzero(y != expected))
     cycles = res["cycles"]
     ideal = unit.ideal_cycles(m, k, n)
-    w_t = product.w_source == "abuf_t"
-    loss = unit.loss_breakdown(m, k, n, w_transposed=w_t, bias=product.bias is not None,
+    w_t, w_ab = product.w_source == "abuf_t", product.w_source != "stream"
+    loss = unit.loss_breakdown(m, k, n, w_transposed=w_t, w_from_abuf=w_ab,
+                               bias=product.bias is not None,
                                row_scale=product.row_scale is not None)
     loss["weight_stalls"] = cycles - formula
-    kt, nt, lw, p = unit.tiles(m, k, n, w_transposed=w_t)
+    kt, nt, lw, p = unit.tiles(m, k, n, w_transposed=w_t, w_from_abuf=w_ab)
     return {
         "m": m, "k": k, "n": n, "rows": rows, "cols": cols, "pes": rows * cols, "kind": kind,
         "w_source": product.w_source, "epilogue": {
@@ -167,12 +168,15 @@ def formula(m, k, n, *, rows=16, cols=16, kind="qkv"):
     p = product_for({"expert_fc1": "fc1"}.get(kind, kind), m, k, n, DEFAULT_NUMERICS,
                     np.random.default_rng(0))
     w_t, bias, row_scale = p.w_source == "abuf_t", p.bias is not None, p.row_scale is not None
+    w_ab = p.w_source != "stream"
     unit = ComputeUnit(ComputeConfig(ArrayConfig(rows, cols), max_m=m, max_k=k, max_n=n,
                                      gelu=p.gelu))
     unelaborated(unit)                      # built for its formulas only
-    cycles = unit.cycles(m, k, n, w_transposed=w_t, bias=bias, row_scale=row_scale)
+    cycles = unit.cycles(m, k, n, w_transposed=w_t, w_from_abuf=w_ab, bias=bias,
+                         row_scale=row_scale)
     ideal = unit.ideal_cycles(m, k, n)
-    loss = unit.loss_breakdown(m, k, n, w_transposed=w_t, bias=bias, row_scale=row_scale)
+    loss = unit.loss_breakdown(m, k, n, w_transposed=w_t, w_from_abuf=w_ab, bias=bias,
+                               row_scale=row_scale)
     return {
         "m": m, "k": k, "n": n, "rows": rows, "cols": cols, "pes": rows * cols, "kind": kind,
         "formula_cycles": cycles, "ideal_cycles": ideal,

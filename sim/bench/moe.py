@@ -388,23 +388,25 @@ ZCU104_DDR_BYTES_PER_CYCLE = 17.06e9 / 300e6
 ZCU104_PORT_BYTES_PER_CYCLE = 16.0
 
 
-def compute_config(cfg, rows, cols):
-    """A :class:`hdl.systolic.config.ComputeConfig` just large enough for ``cfg``'s MoE layer."""
+def compute_config(cfg, rows, cols, load_words=1):
+    """A :class:`hdl.systolic.config.ComputeConfig` just large enough for ``cfg``'s MoE layer
+    (``load_words``: :class:`~hdl.systolic.config.ArrayConfig`'s, 2 for pair weight loads)."""
     from hdl.systolic.config import ArrayConfig, ComputeConfig
     from hdl.moe.layer import MoELayerConfig
 
     cfg = get_config(cfg)
     big = max(cfg.dim, cfg.expert_hidden, cfg.num_experts)
-    trial = ComputeConfig(ArrayConfig(rows, cols), max_m=cfg.tokens, max_k=big, max_n=big,
+    array = ArrayConfig(rows, cols, load_words=load_words)
+    trial = ComputeConfig(array, max_m=cfg.tokens, max_k=big, max_n=big,
                           abuf_depth=1 << 20, gelu=True)
     lc = MoELayerConfig.for_model(cfg, trial, ports=1)
     need = 2 * cfg.tokens * lc.row_words + lc.scratch_words
-    return ComputeConfig(ArrayConfig(rows, cols), max_m=cfg.tokens, max_k=big, max_n=big,
+    return ComputeConfig(array, max_m=cfg.tokens, max_k=big, max_n=big,
                          abuf_depth=1 << max(need - 1, 1).bit_length(), gelu=True)
 
 
 def measure(cfg, *, task=0, seed=0, layer=0, routing="random", rows=16, cols=16, ports=None,
-            latency=100, jitter=16, port_bytes=ZCU104_PORT_BYTES_PER_CYCLE,
+            load_words=1, latency=100, jitter=16, port_bytes=ZCU104_PORT_BYTES_PER_CYCLE,
             ddr_bytes=ZCU104_DDR_BYTES_PER_CYCLE, switch_from=None, backend="amaranth", qm=None,
             u=None, x=None):
     """Simulate one MoE layer and return the bench figures (a dict); see the module doc."""
@@ -421,7 +423,7 @@ def measure(cfg, *, task=0, seed=0, layer=0, routing="random", rows=16, cols=16,
                          f"{len(cfg.moe_blocks)} MoE layers")
     if qm is None:
         qm, u, x = synthetic_case(cfg, seed, routing)
-    compute = compute_config(cfg, rows, cols)
+    compute = compute_config(cfg, rows, cols, load_words)
     lc = MoELayerConfig.for_model(cfg, compute, ports=ports, port_bytes=port_bytes)
     per_port = min(port_bytes, ddr_bytes / lc.ports)
     block = cfg.moe_blocks[layer]
@@ -475,7 +477,7 @@ def measure(cfg, *, task=0, seed=0, layer=0, routing="random", rows=16, cols=16,
         "ddr_bytes_per_cycle": round(bandwidth, 3),
         "bandwidth_covers_compute": bandwidth >= lc.weight_bytes_per_cycle,
         "ports": lc.ports,
-        "array": f"{rows}x{cols}",
+        "array": f"{rows}x{cols}", "load_words": load_words,
         "data_width": lc.data_width,
         "ddr_latency": latency,
         "ddr_jitter": jitter,
@@ -499,6 +501,9 @@ def add_arguments(parser):
                         help="input case: random, tied (all scores tied), skewed (every "
                              "token to one expert)")
     parser.add_argument("--array", default="16x16", help="PE array ROWSxCOLS (default 16x16)")
+    parser.add_argument("--load-words", type=int, choices=(1, 2), default=1,
+                        help="weight words per load of the array (2: pairs, tiles in half "
+                             "the cycles, as in the zcu104 configuration; default 1)")
     parser.add_argument("--ports", type=int, default=None,
                         help="AXI read ports (default: the scheduler's choice)")
     parser.add_argument("--latency", type=int, default=100, help="DDR latency in cycles")
@@ -536,7 +541,8 @@ def _backend(choice, config):
 def run(args):
     rows, cols = array_shape(args.array)
     return measure(args.config, task=args.task, seed=args.seed, layer=args.layer,
-                   routing=args.routing, rows=rows, cols=cols, ports=args.ports,
+                   routing=args.routing, rows=rows, cols=cols, load_words=args.load_words,
+                   ports=args.ports,
                    latency=args.latency, jitter=args.jitter,
                    port_bytes=args.port_bytes_per_cycle, ddr_bytes=args.ddr_bytes_per_cycle,
                    switch_from=args.switch_from, backend=_backend(args.backend, args.config))
