@@ -195,19 +195,24 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             logits = cu.cycles(cfg.tokens, cfg.dim, cfg.num_experts)
             route = (latency + router / moe_bw + logits + cfg.tokens * mc.logit_words
                      + sm_lat + 2 * cfg.num_experts)
-            # Experts in order: job j's fetch starts when the DMA is free and its bank is
-            # (job j−2 released); its products are fed while its weights arrive, so it ends at
-            # the later of its own compute time and its fetch plus a pass and the drain.
-            fetch = expert / moe_bw
-            dma_free, ends = route, []
+            # Experts in order: job j's fc1 parts are fetched when the DMA is free and job
+            # j−2's FC1 is done, its fc2 parts when job j−2 is released; its products are fed
+            # while its weights arrive, so it ends at the later of its own compute time and its
+            # fetch plus a pass and the drain. (A fetch that waited pays the DDR latency.)
+            fc1_bytes = lay.part_bytes("fc1_b") + lay.part_bytes("fc1_w")
+            fetch1, fetch2 = fc1_bytes / moe_bw, (expert - fc1_bytes) / moe_bw
+            dma_free, ends, fc1_ends = route, [], []
             for j, n in enumerate(layer_counts):
                 comp = moe_engine.expert_cycles(n)
-                s = max(dma_free, ends[j - 2] if j >= 2 else route)
-                fetched = s + fetch + (latency if j == 0 or s > dma_free else 0)
+                s1 = max(dma_free, fc1_ends[j - 2] if j >= 2 else route)
+                half = s1 + fetch1 + (latency if j == 0 or s1 > dma_free else 0)
+                s2 = max(half, ends[j - 2] if j >= 2 else route)
+                fetched = s2 + fetch2 + (latency if s2 > half else 0)
                 dma_free = fetched
                 start = ends[-1] if ends else route
                 tail = max(n, a.cols // a.load_words) + sm_lat
                 ends.append(max(start + comp, fetched + tail))
+                fc1_ends.append(ends[-1] - moe_engine.fc2_cycles(n))
             cyc = ends[-1]
             bound = moe_engine.compute_bound_cycles(layer_counts)
             add(op.name, cyc, bound, router + expert * len(layer_counts))

@@ -41,7 +41,7 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
         checkers.append(AXI4Checker(bus, name=f"bus{p}"))
     wb = lay.word_bytes
     R = read_words
-    res = {"ready_cycle": [], "release_cycle": [], "early_reads": 0}
+    res = {"ready_cycle": [], "release_cycle": [], "early_reads": 0, "bytes_at_release": []}
 
     async def read_part(ctx, bank, part, nbytes, *, stream=False):
         # With `stream`, each read as soon as rd_avail allows it, not once the part is complete.
@@ -68,6 +68,11 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
             for _ in range(n):
                 await ctx.tick()
                 cycle[0] += 1
+
+        async def pulse(port):
+            ctx.set(port, 1)
+            await tick()
+            ctx.set(port, 0)
 
         ctx.set(dut.image_base, BASE)
         ctx.set(dut.image_bytes, lay.total_bytes if image_bytes is None else image_bytes)
@@ -103,9 +108,9 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
                     nb = lay.part_bytes(PARTS[part])
                     got = await read_part(ctx, i % 2, part, nb, stream=True)
                     assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
-                ctx.set(dut.release, 1)
-                await tick()
-                ctx.set(dut.release, 0)
+                    if PARTS[part] == "fc1_w":
+                        await pulse(dut.release_fc1)
+                await pulse(dut.release)
                 continue
             for part in range(len(PARTS)):
                 ctx.set(dut.want_part, part)
@@ -122,10 +127,13 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
                     nb = lay.part_bytes(PARTS[part])
                     got = await read_part(ctx, i % 2, part, nb)
                     assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
-            await tick(compute_cycles)
-            ctx.set(dut.release, 1)
-            await tick()
-            ctx.set(dut.release, 0)
+                if PARTS[part] == "fc1_w":
+                    # FC1 computes, then frees the fc1 parts.
+                    await tick(compute_cycles // 2)
+                    await pulse(dut.release_fc1)
+            await tick(compute_cycles - compute_cycles // 2)
+            res["bytes_at_release"].append(ctx.get(dut.bytes_fetched))
+            await pulse(dut.release)
             res["release_cycle"].append(cycle[0])
         while ctx.get(dut.busy):
             await tick()
@@ -184,6 +192,24 @@ def test_prefetch_overlaps_compute(sim_args):
     # Only job 0 waited (its four parts); all later parts were ready when asked for.
     first_wait = res["ready_cycle"][0]
     assert res["stall"] <= first_wait + 4 * 2 * fetch
+
+
+@pytest.mark.parametrize("ports", [1, 4])
+def test_fc1_parts_refilled_before_the_release(ports, sim_args):
+    """Job i + 2's fc1 parts are fetched once job i's are released (``release_fc1``), while
+    job i computes its fc2; its fc2 parts only after job i's ``release``: when job i is
+    released, exactly its fc1 parts of job i + 2 are in (compute much slower than the fetch),
+    and every part read is the image's."""
+    lay = ImageLayout(num_layers=1, num_experts=8, num_tasks=1, dim=16, hidden=32)
+    fetch = lay.bytes_for_expert() // lay.word_bytes
+    experts = [0, 2, 3, 5, 7]
+    res = run_dma(lay, experts, ports=ports, latency=30, jitter=4, compute_cycles=4 * fetch,
+                  seed=ports, sim_args=sim_args)
+    eb = lay.bytes_for_expert()
+    fc1 = lay.part_bytes("fc1_b") + lay.part_bytes("fc1_w")
+    for i, got in enumerate(res["bytes_at_release"]):
+        ahead = min(i + 2, len(experts))
+        assert got == ahead * eb + (fc1 if i + 2 < len(experts) else 0), (i, got)
 
 
 @pytest.mark.parametrize("ports, read_words", [(1, 1), (2, 2), (4, 1)])

@@ -60,14 +60,16 @@ class ExpertDMA(wiring.Component):
     Then every used expert that arrives on ``experts`` (the order of
     :class:`~hdl.moe.reorder.Reorder`) becomes a *job*: job ``i`` is fetched into bank
     ``i mod 2``, part by part in :data:`~hdl.moe.layout.PARTS` order (each bias before its
-    weights). Job ``i`` starts as soon as its expert is known and bank ``i mod 2`` is free, i.e.
-    the consumer has released job ``i − 2``; so expert ``i + 1`` is fetched while expert ``i``
-    computes, and the consumer never waits for weights when the bandwidth covers its
-    consumption.
+    weights). Job ``i``'s fc1 parts are fetched as soon as its expert is known and the consumer
+    is done with job ``i − 2``'s fc1 parts (``release_fc1``), its fc2 parts once it has released
+    job ``i − 2`` altogether (``release``): so expert ``i + 1`` is fetched while expert ``i``
+    computes, and the fc1 half of expert ``i + 2`` while expert ``i`` computes its fc2; the
+    consumer never waits for weights when the bandwidth covers its consumption.
 
     The consumer names the job it works on (``job``) and sees which of its four parts are
-    complete (``ready``); when it is done with the job's bank it pulses ``release`` (jobs are
-    released in order). ``want`` tells the unit in which cycles the consumer waits for a part
+    complete (``ready``); when it is done with the job's fc1 parts it pulses ``release_fc1``,
+    when it is done with the job's bank ``release`` (jobs are released in order, each
+    ``release_fc1`` before its ``release``). ``want`` tells the unit in which cycles the consumer waits for a part
     (``want_part``), which it counts in ``stall_cycles`` when that part is not ready.
 
     Ports
@@ -131,6 +133,9 @@ class ExpertDMA(wiring.Component):
         The job (index into the used-expert order) the consumer works on.
     ready : Out(4)
         Bit ``p``: part ``p`` of job ``job`` is complete in bank ``job mod 2``.
+    release_fc1 : In(1)
+        Pulse: the consumer is done with the fc1 parts of job ``job`` (frees their place in the
+        bank for job ``job + 2``).
     release : In(1)
         Pulse: the consumer is done with job ``job`` (releases its bank).
     want, want_part : In(1), In(range(4))
@@ -195,6 +200,7 @@ class ExpertDMA(wiring.Component):
             "router_ready": Out(1),
             "job": In(range(E)),
             "ready": Out(len(PARTS)),
+            "release_fc1": In(1),
             "release": In(1),
             "want": In(1),
             "want_part": In(range(len(PARTS))),
@@ -352,11 +358,18 @@ class ExpertDMA(wiring.Component):
                 ]
             with m.If((self.experts.payload >= E) | (n_known >= E)):
                 m.d.sync += list_error.eq(1)
-        released = Signal(range(E + 1))
+        released = Signal(range(E + 1))         # jobs released
+        released1 = Signal(range(E + 1))        # jobs whose fc1 parts are released
         with m.If(self.release):
             m.d.sync += released.eq(released + 1)
+        with m.If(self.release_fc1):
+            m.d.sync += released1.eq(released1 + 1)
         with m.If(self.start):
-            m.d.sync += [n_known.eq(0), released.eq(0)]
+            m.d.sync += [n_known.eq(0), released.eq(0), released1.eq(0)]
+
+        def bank_free(job, part):
+            """Job ``job``'s region of ``part`` is no longer in use by job ``job − 2``."""
+            return job < (released1 if PARTS[part].startswith("fc1") else released) + 2
 
         # -- ports -----------------------------------------------------------------------------
         bases = self.part_bases
@@ -435,8 +448,9 @@ class ExpertDMA(wiring.Component):
                                 m.next = "WAIT"
                         restart()
                 with m.State("WAIT"):
-                    # Job cjob may start once its expert is known and its bank is free.
-                    can = (cjob < n_known) & (cjob < released + 2) & ~self.error
+                    # Job cjob may start once its expert is known (each part waits in JOB for
+                    # its place in the bank).
+                    can = (cjob < n_known) & ~self.error
                     if my_parts:
                         with m.If(can):
                             m.d.sync += [
@@ -452,9 +466,10 @@ class ExpertDMA(wiring.Component):
                         with m.Switch(cpart):
                             for i, x in enumerate(my_parts):
                                 with m.Case(x):
+                                    free = bank_free(cjob, x)
                                     m.d.comb += chunk_cmd(x, part_addr(x), cchunk)
-                                    m.d.comb += cmd.valid.eq(~self.error)
-                                    with m.If(cmd.ready & ~self.error):
+                                    m.d.comb += cmd.valid.eq(~self.error & free)
+                                    with m.If(cmd.ready & ~self.error & free):
                                         m.d.sync += cchunk.eq(cchunk + 1)
                                         with m.If(cchunk == n_my[x] - 1):
                                             m.d.sync += cchunk.eq(0)

@@ -407,9 +407,10 @@ class MoELayer(wiring.Component):
         LOGITS   compute unit: logits = u·Wgᵀ (N × E, logit format) → abuf scratch
         ROUTE    abuf → Softmax (scale 1) → TopK → Reorder (counting sort, on chip)
         for each used expert j = 0, 1, … (ascending id; unused experts skipped):
-          DMA    job j → bank j mod 2, started as soon as job j−2 is released (prefetch)
+          DMA    job j → bank j mod 2: its fc1 parts once job j−2's FC1 is done, its fc2
+                 parts once job j−2 is released (prefetch)
           FC1    compute unit: H = GELU(u[tokens of j]·W1ᵀ + b1)  (X rows gathered from u,
-                 hidden format, contiguous in the scratch area)
+                 hidden format, contiguous in the scratch area); release its fc1 parts
           FC2    compute unit: x[tokens of j] = saturate(x[tokens] + s ⊙ (H·W2ᵀ + b2))
                  (row scale = router scores; output rows scattered into x, accumulated)
                  release bank j mod 2
@@ -591,8 +592,12 @@ class MoELayer(wiring.Component):
         """Compute-unit cycles of one expert with ``n_tok`` tokens: fc1 (its X rows gathered
         from ``u``) and fc2 (its rows scaled and added into ``x`` where they belong)."""
         cfg = self._config
-        return (self._cmd_cycles(n_tok, cfg.dim, cfg.hidden, bias=True) +
-                self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True))
+        return self._cmd_cycles(n_tok, cfg.dim, cfg.hidden, bias=True) + self.fc2_cycles(n_tok)
+
+    def fc2_cycles(self, n_tok):
+        """Compute-unit cycles of an expert's fc2 with ``n_tok`` tokens."""
+        cfg = self._config
+        return self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True)
 
     def expert_cycles(self, n_tok):
         """Engine cycles of one expert with ``n_tok`` tokens when weights never stall: fc1 and
@@ -920,9 +925,10 @@ class MoELayer(wiring.Component):
 
             with m.State("FC2"):
                 # Output rows scaled by the scores and added into x at the tokens' offsets.
+                # FC1 is done with its weights: the DMA may fetch job + 2's fc1 parts.
                 m.d.sync += issue(cmd_fc2, cur.count, sbase + cfg.hidden_offset, xbase)
                 m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC2), f_go.eq(1),
-                             f_go_scores.eq(1)]
+                             f_go_scores.eq(1), dma.release_fc1.eq(1)]
                 m.next = "FC2_RUN"
 
             with m.State("FC2_RUN"):
