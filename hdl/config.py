@@ -291,12 +291,12 @@ class AccelConfig:
 
 ACCEL_PRESETS = {
     "zcu104": AccelConfig(
-        ComputeConfig(ArrayConfig(32, 32, load_words=2), max_m=256, max_k=768, max_n=768, abuf_depth=8192,
-                      gelu=True),
+        ComputeConfig(ArrayConfig(32, 32, load_words=2), max_m=256, max_k=768, max_n=768,
+                      abuf_depth=8192, gelu=True),
         model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=256),
     "small": AccelConfig(
-        ComputeConfig(ArrayConfig(16, 4, load_words=2), max_m=8, max_k=768, max_n=128, abuf_depth=256,
-                      gelu=True),
+        ComputeConfig(ArrayConfig(16, 4, load_words=2), max_m=8, max_k=768, max_n=128,
+                      abuf_depth=256, gelu=True),
         model="micro", ln_lanes=8, axi_ports=2, weight_fifo_words=16,
         watchdog_cycles=1 << 16),
 }

@@ -63,6 +63,8 @@ def test_what_ifs(capsys):
         assert code == 0, err
         runs[name] = json.loads(out)
     assert runs["base"]["array"] == "16x4" and runs["array"]["array"] == "16x8"
+    # The array keeps the preset's pair weight loads.
+    assert runs["base"]["load_words"] == runs["array"]["load_words"] == 2
     assert runs["array"]["bit_exact"] and runs["array"]["cycles"] != runs["base"]["cycles"]
     assert runs["array"]["pe_utilization"] == round(
         runs["array"]["macs"] / (runs["array"]["cycles"] * 128), 4)

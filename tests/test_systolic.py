@@ -51,7 +51,8 @@ def test_array_config_defaults_from_numerics():
     (dict(rows=4, cols=4, grid_rows=8), ValueError, r"larger than the array"),
     (dict(rows=4, cols=4, mesh_regs=-1), ValueError, r"mesh_regs must be an integer ≥ 0"),
     (dict(rows=4, cols=4, numerics="x"), TypeError, r"numerics must be a golden"),
-    (dict(rows=4, cols=4, load_words=3), ValueError, r"load_words must be an integer in the range 1\.\.2, not 3"),
+    (dict(rows=4, cols=4, load_words=3), ValueError,
+     r"load_words must be an integer in the range 1\.\.2, not 3"),
     (dict(rows=4, cols=4, load_words=2.0), TypeError, r"load_words must be an integer"),
     (dict(rows=4, cols=3, load_words=2), ValueError, r"rows and cols must be even, not 4×3"),
 ])
@@ -220,12 +221,34 @@ def _tiles(cfg, rng, n_tiles, m_rows, modes):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_array_random_traffic(shape, mesh, seed, sim_args):
     cfg = ArrayConfig(*shape, **mesh)
-    dut = SystolicArray(cfg, tag_shape=unsigned(8))
     rng = np.random.default_rng(seed)
     n_tiles = 5
     m_rows = [int(v) for v in rng.integers(1, 7, n_tiles)]
     modes = [("row", "column")[int(v)] for v in rng.integers(0, 2, n_tiles)]
-    words, rows, ref = _tiles(cfg, rng, n_tiles, m_rows, modes)
+    _random_traffic(cfg, rng, m_rows, modes, seed, sim_args)
+
+
+@pytest.mark.parametrize("shape, mesh", [
+    ((2, 2), {}), ((4, 2), {}), ((2, 6), {}),
+    ((4, 4), dict(grid_rows=2, grid_cols=2, mesh_regs=1)),
+    ((6, 4), dict(grid_rows=3, grid_cols=2, mesh_regs=2)),
+])
+def test_array_pair_loads(shape, mesh, sim_args):
+    """``load_words = 2``: tiles of pair words, plain words and both mixed, in both
+    directions, under random bubbles and stalls, give exact products."""
+    cfg = ArrayConfig(*shape, **mesh, load_words=2)
+    rng = np.random.default_rng(sum(shape))
+    modes = ["column2", "row2", "column", "row_mixed", "column_mixed", "row", "column2"]
+    m_rows = [int(v) for v in rng.integers(1, 6, len(modes))]
+    words = _random_traffic(cfg, rng, m_rows, modes, 1, sim_args)
+    assert any(w["pair"] for w in words) and not all(w["pair"] for w in words)
+
+
+def _random_traffic(cfg, rng, m_rows, modes, seed, sim_args):
+    """Run random tiles through an array with bubbles on ``x``/``w`` and stalls on ``o``, the
+    stream rules checked; the results and tags must be exact. Returns the load words."""
+    dut = SystolicArray(cfg, tag_shape=unsigned(8))
+    words, rows, ref = _tiles(cfg, rng, len(modes), m_rows, modes)
     out = {}
 
     async def w_tb(ctx):
@@ -244,40 +267,7 @@ def test_array_random_traffic(shape, mesh, seed, sim_args):
     got = np.array([[int(v) for v in o.data] for o in out["o"]])
     assert np.array_equal(got, ref)
     assert [int(o.tag) for o in out["o"]] == [r["tag"] for r in rows]
-
-
-@pytest.mark.parametrize("shape, mesh", [
-    ((2, 2), {}), ((4, 2), {}), ((2, 6), {}),
-    ((4, 4), dict(grid_rows=2, grid_cols=2, mesh_regs=1)),
-    ((6, 4), dict(grid_rows=3, grid_cols=2, mesh_regs=2)),
-])
-def test_array_pair_loads(shape, mesh, sim_args):
-    """``load_words = 2``: tiles of pair words, plain words and both mixed, in both
-    directions, under random bubbles and stalls, give exact products."""
-    cfg = ArrayConfig(*shape, **mesh, load_words=2)
-    dut = SystolicArray(cfg, tag_shape=unsigned(8))
-    rng = np.random.default_rng(sum(shape))
-    modes = ["column2", "row2", "column", "row_mixed", "column_mixed", "row", "column2"]
-    m_rows = [int(v) for v in rng.integers(1, 6, len(modes))]
-    words, rows, ref = _tiles(cfg, rng, len(modes), m_rows, modes)
-    assert any(w["pair"] for w in words) and not all(w["pair"] for w in words)
-    out = {}
-
-    async def w_tb(ctx):
-        await put_all(ctx, dut.w, words, rng=random.Random(1), p_idle=0.4)
-
-    async def x_tb(ctx):
-        await put_all(ctx, dut.x, rows, rng=random.Random(2), p_idle=0.3)
-
-    async def o_tb(ctx):
-        out["o"] = await get_n(ctx, dut.o, len(rows), rng=random.Random(3), p_stall=0.4)
-
-    run_sim(dut, [w_tb, x_tb, o_tb],
-            background=[partial(check_stream_rules, stream=s, name=n)
-                        for n, s in (("x", dut.x), ("w", dut.w), ("o", dut.o))],
-            deadline_cycles=5000, **sim_args)
-    got = np.array([[int(v) for v in o.data] for o in out["o"]])
-    assert np.array_equal(got, ref)
+    return words
 
 
 @pytest.mark.parametrize("shape, load_words, modes", [

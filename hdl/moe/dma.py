@@ -69,8 +69,9 @@ class ExpertDMA(wiring.Component):
     The consumer names the job it works on (``job``) and sees which of its four parts are
     complete (``ready``); when it is done with the job's fc1 parts it pulses ``release_fc1``,
     when it is done with the job's bank ``release`` (jobs are released in order, each
-    ``release_fc1`` before its ``release``). ``want`` tells the unit in which cycles the consumer waits for a part
-    (``want_part``), which it counts in ``stall_cycles`` when that part is not ready.
+    ``release_fc1`` before its ``release``). ``want`` tells the unit in which cycles the
+    consumer waits for a part (``want_part``), which it counts in ``stall_cycles`` when that
+    part is not ready.
 
     Ports
     -----

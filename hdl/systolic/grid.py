@@ -2,8 +2,8 @@
 """A block of PEs wired neighbour to neighbour (Gemmini's ``Tile.scala``).
 
 Inside a grid every PE reads only its west and north neighbours' output registers (``o.x``,
-``o.psum``, ``o.wp_s``, ``o.wp_e``), directly, so the grid adds no delay and no wiring copies of its own but
-one wire per edge lane. The :class:`~hdl.systolic.mesh.Mesh` tiles the array with grids and may
+``o.psum``, ``o.wp_s``, ``o.wp_e``), directly, so the grid adds no delay and no wiring copies of
+its own but one wire per edge lane. The :class:`~hdl.systolic.mesh.Mesh` tiles the array with grids and may
 add pipeline registers at their boundaries.
 """
 

@@ -42,7 +42,7 @@ stream ready when the unit wants it::
 
     cycles(M, K, N) = PRE + max(Lw, NT·bias, M·row_scale) + (J − 1)·P + M + POST
     P    = max(M, Lw)          Lw = rows if w_transposed, cols if W comes from abuf,
-                               cols / load_words if from the w stream (pairs, see below)
+                               cols / load_words if from the w stream (pairs, see above)
     J    = ceil(K/rows)·ceil(N/cols)
     PRE  = 2                   (accept, decode)
     POST = 2 (buffer read, operand select) + array latency + 2 (accumulate)

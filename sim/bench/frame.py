@@ -81,7 +81,8 @@ def _with_array(accel, spec):
     from hdl.systolic.config import ArrayConfig
     rows, cols = array_shape(spec)
     old = accel.compute.array
-    array = ArrayConfig(rows, cols, numerics=old.numerics, mesh_regs=old.mesh_regs)
+    array = ArrayConfig(rows, cols, numerics=old.numerics, mesh_regs=old.mesh_regs,
+                        load_words=old.load_words if rows % 2 == cols % 2 == 0 else 1)
     return accel.replace(compute=dataclasses.replace(accel.compute, array=array))
 
 
@@ -120,6 +121,7 @@ def run(args):
                                                         else "zcu104"),
            "task": args.task, "backend": "model" if args.model_only else args.backend,
            "array": f"{accel.compute.array.rows}x{accel.compute.array.cols}",
+           "load_words": accel.compute.array.load_words,
            "axi_ports": accel.axi_ports, "stream_ports": accel.stream_ports,
            "clock_mhz": accel.clock_mhz}
     t0 = time.time()
