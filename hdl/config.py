@@ -93,6 +93,8 @@ class AccelConfig:
     weight_fifo_words : int
         Weight words queued between the parameter stream and the compute unit (prefetch; the
         queue holds ``weight_fifo_words / load_words`` transfers of the unit's ``w`` stream).
+        Up to 64 transfers map to LUT RAM; more take block RAM by the width of a transfer (a
+        1024-bit transfer: 14.5 BRAM36 at any depth up to 512).
     watchdog_cycles : int
         An instruction that runs longer than this stops the frame with a program error, and a
         drain after an abort longer than this resets the datapath anyway (never hang).
@@ -293,7 +295,7 @@ ACCEL_PRESETS = {
     "zcu104": AccelConfig(
         ComputeConfig(ArrayConfig(32, 32, load_words=2), max_m=256, max_k=768, max_n=768,
                       abuf_depth=8192, gelu=True),
-        model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=256),
+        model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=128),
     "small": AccelConfig(
         ComputeConfig(ArrayConfig(16, 4, load_words=2), max_m=8, max_k=768, max_n=128,
                       abuf_depth=256, gelu=True),
