@@ -80,8 +80,8 @@ class ArrayConfig:
     load_words : int
         Weight words per load word on the array's ``w`` stream: 1, or 2 (a *pair*: two
         adjacent PE rows or columns per cycle, so a tile loads in half the cycles; ``rows`` and
-        ``cols`` must be even). With 2 every load packet carries two weights, so the packet
-        network is 16 bits wider per PE.
+        ``cols`` must be even). With 2 every load packet carries two weights and a ``pair``
+        flag: each of a PE's two transit registers (south, east) is 17 bits wider.
     """
 
     rows: int
