@@ -93,8 +93,8 @@ class AccelConfig:
     weight_fifo_words : int
         Weight words queued between the parameter stream and the compute unit (prefetch; the
         queue holds ``weight_fifo_words / load_words`` transfers of the unit's ``w`` stream).
-        Up to 64 transfers map to LUT RAM; more take block RAM by the width of a transfer (a
-        1024-bit transfer: 14.5 BRAM36 at any depth up to 512).
+        In the Yosys estimate up to 64 transfers map to LUT RAM; more take block RAM by the
+        width of a transfer (a 1024-bit transfer: 14.5 BRAM36 at any depth up to 512).
     watchdog_cycles : int
         An instruction that runs longer than this stops the frame with a program error, and a
         drain after an abort longer than this resets the datapath anyway (never hang).
