@@ -27,7 +27,7 @@ def _image(lay, seed):
 def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, latency=20,
             jitter=8, bytes_per_cycle=None, compute_cycles=0, image_bytes=None, slverr=None,
             check_data=True, sim_args=None, expect_error=False, start_twice=False,
-            stream_reads=False):
+            stream_reads=False, release_fc1=True):
     dut = ExpertDMA(lay, ports=ports, read_words=read_words)
     image = _image(lay, seed)
     mem_size = BASE + (-(-lay.total_bytes // 4096) + 1) * 4096
@@ -130,7 +130,8 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
                 if PARTS[part] == "fc1_w":
                     # FC1 computes, then frees the fc1 parts.
                     await tick(compute_cycles // 2)
-                    await pulse(dut.release_fc1)
+                    if release_fc1:
+                        await pulse(dut.release_fc1)
             await tick(compute_cycles - compute_cycles // 2)
             res["bytes_at_release"].append(ctx.get(dut.bytes_fetched))
             await pulse(dut.release)
@@ -210,6 +211,20 @@ def test_fc1_parts_refilled_before_the_release(ports, sim_args):
     for i, got in enumerate(res["bytes_at_release"]):
         ahead = min(i + 2, len(experts))
         assert got == ahead * eb + (fc1 if i + 2 < len(experts) else 0), (i, got)
+
+
+def test_release_alone_frees_the_fc1_parts(sim_args):
+    """A consumer that never pulses ``release_fc1`` gets whole jobs in ping-pong: job i + 2 is
+    fetched, fc1 parts and all, once job i is released, and nothing waits for ever."""
+    lay = ImageLayout(num_layers=1, num_experts=8, num_tasks=1, dim=16, hidden=32)
+    fetch = lay.bytes_for_expert() // lay.word_bytes
+    experts = [1, 2, 4, 6, 7]
+    res = run_dma(lay, experts, ports=2, latency=30, jitter=4, compute_cycles=4 * fetch,
+                  release_fc1=False, sim_args=sim_args)
+    eb = lay.bytes_for_expert()
+    assert res["bytes"] == len(experts) * eb
+    for i, got in enumerate(res["bytes_at_release"]):
+        assert got == min(i + 2, len(experts)) * eb, (i, got)
 
 
 @pytest.mark.parametrize("ports, read_words", [(1, 1), (2, 2), (4, 1)])

@@ -69,7 +69,8 @@ class ExpertDMA(wiring.Component):
     The consumer names the job it works on (``job``) and sees which of its four parts are
     complete (``ready``); when it is done with the job's fc1 parts it pulses ``release_fc1``,
     when it is done with the job's bank ``release`` (jobs are released in order, each
-    ``release_fc1`` before its ``release``). ``want`` tells the unit in which cycles the
+    ``release_fc1`` before its ``release``; a ``release`` frees the fc1 parts too, so a consumer
+    that never pulses ``release_fc1`` gets a plain ping-pong of whole jobs). ``want`` tells the unit in which cycles the
     consumer waits for a part (``want_part``), which it counts in ``stall_cycles`` when that
     part is not ready.
 
@@ -138,7 +139,7 @@ class ExpertDMA(wiring.Component):
         Pulse: the consumer is done with the fc1 parts of job ``job`` (frees their place in the
         bank for job ``job + 2``).
     release : In(1)
-        Pulse: the consumer is done with job ``job`` (releases its bank).
+        Pulse: the consumer is done with job ``job`` (releases its bank, fc1 parts included).
     want, want_part : In(1), In(range(4))
         The consumer waits for part ``want_part`` of job ``job`` in this cycle.
     rd_bank : In(1), rd_part : In(range(5)), rd_addr : In(...)
@@ -368,9 +369,12 @@ class ExpertDMA(wiring.Component):
         with m.If(self.start):
             m.d.sync += [n_known.eq(0), released.eq(0), released1.eq(0)]
 
+        # The fc1 parts of a job are free once released on their own or with the whole job.
+        fc1_free = Mux(released1 > released, released1, released)
+
         def bank_free(job, part):
             """Job ``job``'s region of ``part`` is no longer in use by job ``job − 2``."""
-            return job < (released1 if PARTS[part].startswith("fc1") else released) + 2
+            return job < (fc1_free if PARTS[part].startswith("fc1") else released) + 2
 
         # -- ports -----------------------------------------------------------------------------
         bases = self.part_bases
