@@ -211,7 +211,8 @@ class SystolicArray(wiring.Component):
 
     @property
     def weight_words(self):
-        """Words per tile: ``{"row": rows, "column": cols}``."""
+        """Plain words per tile (one PE row or column each): ``{"row": rows, "column": cols}``;
+        with ``load_words = 2`` a tile of pair words takes half as many."""
         return {"row": self._config.rows, "column": self._config.cols}
 
     def elaborate(self, platform):
