@@ -108,7 +108,7 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
                     nb = lay.part_bytes(PARTS[part])
                     got = await read_part(ctx, i % 2, part, nb, stream=True)
                     assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
-                    if PARTS[part] == "fc1_w":
+                    if PARTS[part] == "fc1_w" and release_fc1:
                         await pulse(dut.release_fc1)
                 await pulse(dut.release)
                 continue

@@ -70,9 +70,9 @@ class ExpertDMA(wiring.Component):
     complete (``ready``); when it is done with the job's fc1 parts it pulses ``release_fc1``,
     when it is done with the job's bank ``release`` (jobs are released in order, each
     ``release_fc1`` before its ``release``; a ``release`` frees the fc1 parts too, so a consumer
-    that never pulses ``release_fc1`` gets a plain ping-pong of whole jobs). ``want`` tells the unit in which cycles the
-    consumer waits for a part (``want_part``), which it counts in ``stall_cycles`` when that
-    part is not ready.
+    that never pulses ``release_fc1`` gets a plain ping-pong of whole jobs). ``want`` tells the
+    unit in which cycles the consumer waits for a part (``want_part``), which it counts in
+    ``stall_cycles`` when that part is not ready.
 
     Ports
     -----
