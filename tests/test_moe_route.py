@@ -26,6 +26,13 @@ class _Router(object):
         self.topk = TopK(num_experts=E, k=k, lanes=lanes)
         self.reorder = Reorder(num_experts=E, k=k, tokens=N)
 
+    def set_shape(self, ctx, E, k, N):
+        """The frame's run-time shape (within the maxima the units were built for)."""
+        ctx.set(self.topk.n_experts, E)
+        for port, v in ((self.reorder.n_experts, E), (self.reorder.top_k, k),
+                        (self.reorder.n_tokens, N)):
+            ctx.set(port, v)
+
     def module(self):
         m = Module()
         m.submodules.topk = self.topk
@@ -34,11 +41,11 @@ class _Router(object):
         return m
 
 
-def _beats(probs, lanes):
-    """Split each row into beats of ``lanes`` (zero padded)."""
+def _beats(probs, lanes, fill=0):
+    """Split each row into beats of ``lanes`` (padded with ``fill``)."""
     n, E = probs.shape
     nb = -(-E // lanes)
-    pad = np.zeros((n, nb * lanes), dtype=np.int64)
+    pad = np.full((n, nb * lanes), fill, dtype=np.int64)
     pad[:, :E] = probs
     return [[int(v) for v in pad[t, b * lanes:(b + 1) * lanes]]
             for t in range(n) for b in range(nb)]
@@ -60,17 +67,24 @@ def _probs(kind, N, E, rng):
     raise ValueError(kind)
 
 
-def run_route(probs, k, lanes, *, seed, sim_args, p_idle=0.3, p_stall=0.3, restart=False):
-    """Simulate TopK → Reorder; return (experts, lists) as read back from the hardware."""
+def run_route(probs, k, lanes, *, seed, sim_args, p_idle=0.3, p_stall=0.3, restart=False,
+              maxima=None):
+    """Simulate TopK → Reorder; return (experts, lists) as read back from the hardware.
+
+    ``maxima`` = ``(E, k, N)``: build the units for these and run the frame's shape at run
+    time (default: built for the frame's shape)."""
     N, E = probs.shape
-    r = _Router(E, k, N, lanes)
+    r = _Router(*(maxima or (E, k, N)), lanes)
     dut = r.module()
     ro = r.reorder
-    beats = _beats(probs, lanes)
+    # Past the row's end the lanes carry the largest score: they must be ignored.
+    beats = _beats(probs, lanes, fill=(1 << 15) - 1 if maxima else 0)
     out = {}
 
     async def tb(ctx):
         rng = random.Random(seed)
+        if maxima:
+            r.set_shape(ctx, E, k, N)
         rounds = 2 if restart else 1
         for rnd in range(rounds):
             ctx.set(ro.start, 1)
@@ -109,7 +123,7 @@ def run_route(probs, k, lanes, *, seed, sim_args, p_idle=0.3, p_stall=0.3, resta
         partial(check_stream_rules, stream=r.topk.i, name="probs"),
         partial(check_stream_rules, stream=r.topk.o, name="routes"),
         partial(check_stream_rules, stream=ro.experts, name="experts"),
-    ], deadline_cycles=20 * (len(beats) + N * k + E + 50), **sim_args)
+    ], deadline_cycles=20 * (len(beats) + N * k + (maxima or (E,))[0] + 50), **sim_args)
     return out
 
 
@@ -145,6 +159,44 @@ def test_route_matches_golden(E, k, lanes, N, kind, sim_args):
     probs = _probs(kind, N, E, rng)
     out = run_route(probs, k, lanes, seed=N, sim_args=sim_args)
     _check(probs, k, out)
+
+
+@pytest.mark.parametrize("maxima, E, k, N, lanes", [
+    ((16, 2, 13), 4, 2, 5, 16),        # micro's router on m3vit-tiny's units
+    ((16, 2, 13), 16, 1, 13, 8),       # fewer experts per token
+    ((64, 4, 9), 5, 3, 9, 8),          # one beat of eight lanes out of eight
+    ((64, 4, 9), 64, 4, 1, 8),
+    ((8, 4, 6), 3, 3, 6, 2),           # k == E
+])
+def test_route_runtime_shape(maxima, E, k, N, lanes, sim_args):
+    """Units built for the largest shape route a smaller frame exactly as units built for it."""
+    rng = np.random.default_rng(E + 7 * k + N)
+    probs = _probs("few_values", N, E, rng)
+    out = run_route(probs, k, lanes, seed=E, sim_args=sim_args, maxima=maxima)
+    _check(probs, k, out)
+
+
+@pytest.mark.parametrize("E, k, N", [(0, 1, 4), (4, 0, 4), (2, 3, 4), (4, 2, 0)])
+def test_reorder_bad_shape(E, k, N, sim_args):
+    """A shape out of range: error at once, done with no expert, never a hang."""
+    dut = Reorder(num_experts=8, k=4, tokens=6)
+    seen = {}
+
+    async def tb(ctx):
+        for port, v in ((dut.n_experts, E), (dut.top_k, k), (dut.n_tokens, N)):
+            ctx.set(port, v)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.experts.ready, 1)
+        await ctx.tick().until(dut.done)
+        seen["error"] = ctx.get(dut.error)
+        seen["used"] = ctx.get(dut.n_used)
+        seen["valid"] = ctx.get(dut.experts.valid)
+        seen["ready"] = ctx.get(dut.i.ready)
+
+    run_sim(dut, [tb], deadline_cycles=50, **sim_args)
+    assert seen == {"error": 1, "used": 0, "valid": 0, "ready": 0}
 
 
 def test_route_restart_mid_frame(sim_args):

@@ -38,16 +38,19 @@ def list_entry_layout(tokens, score_width=16):
 
 
 class Reorder(wiring.Component):
-    """Counting sort of ``tokens`` routings into per-expert token lists.
+    """Counting sort of ``n_tokens`` routings into per-expert token lists.
 
-    Phases, after a ``start`` pulse:
+    The frame's shape (``n_tokens`` ≤ ``tokens``, ``n_experts`` ≤ ``num_experts``,
+    ``top_k`` ≤ ``k``, written N, E and k below) is latched at ``start``; a routing's slots past
+    ``top_k`` are ignored (:class:`~hdl.moe.topk.TopK` sorts them, so the first ``top_k`` are the
+    top ``top_k``). Phases, after a ``start`` pulse:
 
-    ``COLLECT`` (``tokens`` transfers on ``i``, one per cycle at most)
+    ``COLLECT`` (N transfers on ``i``, one per cycle at most)
         The routing of token ``t`` is stored at ``t`` in the route memory, and the counter of
-        each of its ``k`` experts is incremented (``E`` registers).
-    ``PREFIX`` (``E`` cycles)
+        each of its k experts is incremented (``num_experts`` registers).
+    ``PREFIX`` (``num_experts`` cycles)
         ``base[e] = Σ_{e' < e} count[e']``; the write pointers start at ``base``.
-    ``SCATTER`` (``tokens·k + 1`` cycles)
+    ``SCATTER`` (N·k + 1 cycles)
         Token by token, slot by slot, ``(t, score)`` is written to ``list[wptr[e]++]``: every
         expert's list is contiguous, in ascending token order.
     ``EMIT`` (one cycle per used expert)
@@ -56,25 +59,29 @@ class Reorder(wiring.Component):
     ``DONE``
         The lists stay readable through ``rd_addr``/``rd_data`` until the next ``start``.
 
-    Every count is bounded by ``tokens`` (one entry per token per expert at most), and the
-    lists fill exactly ``tokens·k`` entries, so no routing can overflow a list or stall the
-    unit: one expert receiving every token, experts with no token and tied scores all take
-    the same number of cycles. An expert index ≥ E (impossible from :class:`TopK`) is dropped
-    in both passes and sets the sticky ``error``.
+    Every count is bounded by N (one entry per token per expert at most), and the lists fill
+    exactly N·k entries, so no routing can overflow a list or stall the unit: one expert
+    receiving every token, experts with no token and tied scores all take the same number of
+    cycles. An expert index ≥ E (impossible from :class:`TopK` given ``n_experts`` = E) is
+    dropped in both passes and sets the sticky ``error``. A shape out of range
+    (N = 0 or > ``tokens``, E = 0 or > ``num_experts``, k = 0, > ``k`` or > E) sets ``error``
+    at ``start`` and the unit goes straight to ``DONE`` with no expert (``n_used`` = 0).
 
     Parameters
     ----------
     num_experts : int
-        E, 1..64.
+        Most experts, 1..64.
     k : int
-        Experts per token, 1..min(4, E).
+        Most experts per token, 1..min(4, num_experts).
     tokens : int
-        Tokens per frame, N.
+        Most tokens per frame.
     score_width : int
         Width of a score.
 
     Members
     -------
+    n_tokens, n_experts, top_k : In(...), init ``tokens``, ``num_experts``, ``k``
+        The frame's shape, latched at ``start``.
     start : In(1)
         Pulse: forget the previous frame and collect a new one (in any phase).
     i : In(stream.Signature(route_layout(num_experts, k, score_width)))
@@ -93,7 +100,8 @@ class Reorder(wiring.Component):
     busy : Out(1)
         High from ``start`` until ``DONE``.
     error : Out(1)
-        Sticky until the next ``start``: an expert index ≥ E was received.
+        Sticky until the next ``start``: an expert index ≥ E was received, or the shape was out
+        of range.
     """
 
     def __init__(self, *, num_experts, k, tokens, score_width=16):
@@ -105,6 +113,9 @@ class Reorder(wiring.Component):
         self._tokens = tokens
         self._score_width = score_width
         super().__init__({
+            "n_tokens": In(range(tokens + 1), init=tokens),
+            "n_experts": In(range(num_experts + 1), init=num_experts),
+            "top_k": In(range(k + 1), init=k),
             "start": In(1),
             "i": In(stream.Signature(route_layout(num_experts, k, score_width))),
             "experts": Out(stream.Signature(expert_entry_layout(num_experts, k, tokens))),
@@ -136,11 +147,14 @@ class Reorder(wiring.Component):
         """Entries of the list memory, ``tokens·k``."""
         return self._tokens * self._k
 
-    def tail_cycles(self, n_used):
+    def tail_cycles(self, n_used, tokens=None, k=None):
         """Cycles from the transfer of the last routing on ``i`` to the first cycle of ``done``,
-        when ``experts`` is always ready: ``E + N·k + n_used + 2`` (the routings themselves take
-        one cycle each at most)."""
-        return self._num_experts + self._tokens * self._k + n_used + 2
+        when ``experts`` is always ready: ``num_experts + N·k + n_used + 2`` for a frame of
+        ``tokens`` = N (default: the most) and ``k`` (default: the most) (the routings
+        themselves take one cycle each at most)."""
+        N = self._tokens if tokens is None else tokens
+        k = self._k if k is None else k
+        return self._num_experts + N * k + n_used + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -174,15 +188,25 @@ class Reorder(wiring.Component):
         primed = Signal()
         remaining = Signal(E)
 
+        # The frame's shape, latched at start.
+        n_tok = Signal.like(self.n_tokens)
+        n_exp = Signal.like(self.n_experts)
+        top_k = Signal.like(self.top_k)
+        bad_shape = ((self.n_tokens == 0) | (self.n_experts == 0) | (self.top_k == 0) |
+                     (self.top_k > self.n_experts))
         m.d.comb += self.busy.eq(0)
         with m.If(self.start):
             m.d.sync += [c.eq(0) for c in count]
-            m.d.sync += [t.eq(0), self.error.eq(0)]
+            m.d.sync += [t.eq(0), self.error.eq(bad_shape), self.n_used.eq(0),
+                         n_tok.eq(self.n_tokens), n_exp.eq(self.n_experts),
+                         top_k.eq(self.top_k)]
 
         with m.FSM(name="phase"):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.next = "COLLECT"
+                    with m.If(bad_shape):
+                        m.next = "DONE"
 
             with m.State("COLLECT"):
                 m.d.comb += [
@@ -195,17 +219,19 @@ class Reorder(wiring.Component):
                     m.d.comb += route_w.en.eq(1)
                     m.d.sync += t.eq(t + 1)
                     for e in range(E):
-                        hits = [self.i.payload.idx[s] == e for s in range(k)]
+                        hits = [(self.i.payload.idx[s] == e) & (s < top_k) for s in range(k)]
                         m.d.sync += count[e].eq(count[e] + sum(h.as_unsigned() for h in hits))
                     for s in range(k):
-                        with m.If(self.i.payload.idx[s] >= E):
+                        with m.If((self.i.payload.idx[s] >= n_exp) & (s < top_k)):
                             m.d.sync += self.error.eq(1)
-                    with m.If(t == N - 1):
+                    with m.If(t == n_tok - 1):
                         m.d.sync += [e_ctr.eq(0), run.eq(0), self.n_used.eq(0)]
                         m.next = "PREFIX"
 
                 with m.If(self.start):
                     m.next = "COLLECT"
+                    with m.If(bad_shape):
+                        m.next = "DONE"
 
             with m.State("PREFIX"):
                 m.d.comb += self.busy.eq(1)
@@ -224,10 +250,12 @@ class Reorder(wiring.Component):
 
                 with m.If(self.start):
                     m.next = "COLLECT"
+                    with m.If(bad_shape):
+                        m.next = "DONE"
 
             with m.State("SCATTER"):
                 m.d.comb += self.busy.eq(1)
-                advance = primed & (j == k - 1)
+                advance = primed & (j == top_k - 1)
                 m.d.comb += route_r.addr.eq(Mux(advance, t + 1, t))
                 m.d.sync += primed.eq(1)
                 with m.If(primed):
@@ -237,19 +265,21 @@ class Reorder(wiring.Component):
                         list_w.addr.eq(Array(wptr)[slot_idx]),
                         list_w.data.token.eq(t),
                         list_w.data.score.eq(slot_score),
-                        list_w.en.eq(slot_idx < E),
+                        list_w.en.eq(slot_idx < n_exp),
                     ]
-                    with m.If(slot_idx < E):
+                    with m.If(slot_idx < n_exp):
                         m.d.sync += Array(wptr)[slot_idx].eq(Array(wptr)[slot_idx] + 1)
-                    m.d.sync += j.eq(Mux(j == k - 1, 0, j + 1))
-                    with m.If(j == k - 1):
+                    m.d.sync += j.eq(Mux(j == top_k - 1, 0, j + 1))
+                    with m.If(j == top_k - 1):
                         m.d.sync += t.eq(t + 1)
-                        with m.If(t == N - 1):
+                        with m.If(t == n_tok - 1):
                             m.d.sync += remaining.eq(used)
                             m.next = "EMIT"
 
                 with m.If(self.start):
                     m.next = "COLLECT"
+                    with m.If(bad_shape):
+                        m.next = "DONE"
 
             with m.State("EMIT"):
                 m.d.comb += self.busy.eq(1)
@@ -275,11 +305,15 @@ class Reorder(wiring.Component):
 
                 with m.If(self.start):
                     m.next = "COLLECT"
+                    with m.If(bad_shape):
+                        m.next = "DONE"
 
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 with m.If(self.start):
                     m.next = "COLLECT"
+                    with m.If(bad_shape):
+                        m.next = "DONE"
 
         return m
 

@@ -45,8 +45,9 @@ def check_moe_shape(num_experts, k):
 class TopK(wiring.Component):
     """Top-k of each row of ``num_experts`` probabilities, ``lanes`` per beat.
 
-    A row arrives as ``ceil(E / lanes)`` beats on ``i``: beat ``b`` carries the probabilities of
-    experts ``b·lanes .. b·lanes + lanes − 1``; lanes past ``E − 1`` in the last beat are
+    A row arrives as ``ceil(n / lanes)`` beats on ``i``, where ``n`` is the row length
+    ``n_experts`` (at most ``num_experts``, set at run time): beat ``b`` carries the probabilities
+    of experts ``b·lanes .. b·lanes + lanes − 1``; lanes past ``n − 1`` in the last beat are
     ignored. Item ``a`` comes before item ``b`` when ``a.score > b.score``, or when the scores
     are equal and ``a`` has the lower expert index (the golden tie rule).
 
@@ -60,16 +61,17 @@ class TopK(wiring.Component):
                       k² comparators, ranks, AND-OR multiplexers; into the list, or into ``o``
                       on the row's last beat
 
-    Every stage is registered; with one beat per row (``E ≤ lanes``) there is no list and stage
-    3 writes ``o``. The only loop is the merge's, over ``2k`` items. Every stage holds while
+    Every stage is registered; when no row can take more than one beat (``num_experts ≤ lanes``)
+    there is no list and stage 3 writes ``o``. The only loop is the merge's, over ``2k`` items. Every stage holds while
     ``o`` holds a routing its consumer has not taken.
 
     Parameters
     ----------
     num_experts : int
-        Row length E, 1..64.
+        Longest row E, 1..64.
     k : int
-        Experts kept per row, 1..min(4, E).
+        Experts kept per row, 1..min(4, E). A consumer that wants fewer (``k' < k``) takes the
+        first ``k'``: the list is sorted, so they are the row's top ``k'``.
     lanes : int
         Probabilities per beat.
     score_width : int
@@ -77,6 +79,9 @@ class TopK(wiring.Component):
 
     Members
     -------
+    n_experts : In(range(num_experts + 1), init=num_experts)
+        Row length, 1..``num_experts``; held while rows flow. A row of ``n < k`` experts fills
+        only its first ``n`` slots (the others hold garbage).
     i : In(stream.Signature(probs_layout(lanes, score_width)))
         Probability beats, rows back to back, one a cycle. Ready unless ``o`` holds a routing
         that is not being taken.
@@ -94,6 +99,7 @@ class TopK(wiring.Component):
         self._lanes = lanes
         self._score_width = score_width
         super().__init__({
+            "n_experts": In(range(num_experts + 1), init=num_experts),
             "i": In(stream.Signature(probs_layout(lanes, score_width))),
             "o": Out(stream.Signature(route_layout(num_experts, k, score_width))),
         })
@@ -120,13 +126,13 @@ class TopK(wiring.Component):
 
     @property
     def beats_per_row(self):
-        """Beats of one row, ``ceil(E / lanes)``."""
+        """Beats of the longest row, ``ceil(E / lanes)``."""
         return -(-self._num_experts // self._lanes)
 
     @property
     def latency(self):
-        """Cycles from the transfer of a row's last beat to its routing on ``o``: 3 with one
-        beat per row, 4 with more (the merge)."""
+        """Cycles from the transfer of a row's last beat to its routing on ``o``: 3 when every
+        row is one beat (``E ≤ lanes``), 4 otherwise (the merge), whatever ``n_experts``."""
         return 3 if self.beats_per_row == 1 else 4
 
     @property
@@ -142,7 +148,6 @@ class TopK(wiring.Component):
         idx_shape = unsigned(bits_for(E - 1))
         lane_shape = unsigned(bits_for(lanes - 1))
         score_shape = signed(self._score_width)
-        tail = E - (beats - 1) * lanes           # valid lanes of the last beat
 
         # Every stage moves when o is free or being taken.
         adv = Signal()
@@ -161,7 +166,8 @@ class TopK(wiring.Component):
         # Beat counter.
         beat = Signal(range(beats), name="beat")
         last_beat = Signal()
-        m.d.comb += last_beat.eq(beat == beats - 1)
+        n = self.n_experts
+        m.d.comb += last_beat.eq((beat + 1) * lanes >= n)
         with m.If(self.i.valid & adv):
             m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
 
@@ -173,7 +179,7 @@ class TopK(wiring.Component):
         lane_valid = []
         for x in range(lanes):
             v = Signal(name=f"lane_valid{x}")
-            m.d.comb += v.eq(1 if x < tail else ~last_beat)
+            m.d.comb += v.eq(beat * lanes + x < n)
             lane_valid.append(v)
         a_prec = {}
         with m.If(adv):
