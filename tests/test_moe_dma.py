@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from hdl.moe.dma import ROUTER, ExpertDMA, choose_ports
+from hdl.moe.dma import ROUTER, ExpertDMA, choose_ports, geometry_layout, geometry_of
 from hdl.moe.layout import PARTS, ImageLayout
 from sim.axi_check import AXI4Checker
 from sim.ddr import DDRModel
@@ -27,8 +27,10 @@ def _image(lay, seed):
 def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, latency=20,
             jitter=8, bytes_per_cycle=None, compute_cycles=0, image_bytes=None, slverr=None,
             check_data=True, sim_args=None, expect_error=False, start_twice=False,
-            stream_reads=False, release_fc1=True):
-    dut = ExpertDMA(lay, ports=ports, read_words=read_words)
+            stream_reads=False, release_fc1=True, max_layout=None):
+    """Run the DMA over the image of ``lay``; with ``max_layout`` the unit is built for that
+    (larger) image and told ``lay``'s geometry at run time."""
+    dut = ExpertDMA(max_layout or lay, ports=ports, read_words=read_words)
     image = _image(lay, seed)
     mem_size = BASE + (-(-lay.total_bytes // 4096) + 1) * 4096
     ddrs, checkers = [], []
@@ -74,6 +76,8 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
             await tick()
             ctx.set(port, 0)
 
+        if max_layout is not None:
+            ctx.set(dut.geometry, geometry_of(lay))
         ctx.set(dut.image_base, BASE)
         ctx.set(dut.image_bytes, lay.total_bytes if image_bytes is None else image_bytes)
         ctx.set(dut.layer, layer)
@@ -259,6 +263,75 @@ def test_axi_error_is_reported_and_drains(sim_args):
     res = run_dma(SMALL, [0, 1, 2], expect_error=True, slverr=(BASE + off, BASE + off + 16),
                   sim_args=sim_args)
     assert res["bytes"] <= 3 * SMALL.bytes_for_expert()
+
+
+BIG = ImageLayout(num_layers=3, num_experts=8, num_tasks=3, dim=32, hidden=64)
+# Both biases take two chunks: every port of two has words of every part.
+WIDE = ImageLayout(num_layers=1, num_experts=2, num_tasks=1, dim=128, hidden=128)
+
+
+@pytest.mark.parametrize("lay, max_layout, ports, read_words", [
+    (SMALL, BIG, 1, 1),
+    (SMALL, BIG, 4, 2),
+    # Parts shorter than a chunk: ports 1..3 fetch nothing at all.
+    (ImageLayout(num_layers=1, num_experts=2, num_tasks=1, dim=8, hidden=8), BIG, 4, 1),
+    # Some parts on every port, some on one: ports skip the parts they have no word of.
+    (ImageLayout(num_layers=2, num_experts=5, num_tasks=3, dim=16, hidden=64), BIG, 2, 2),
+    # Port 1 skips fc1_b (the first part) and fc2_b (between two it fetches).
+    (ImageLayout(num_layers=1, num_experts=2, num_tasks=1, dim=64, hidden=64), WIDE, 2, 1),
+    (BIG, BIG, 4, 1),
+])
+def test_runtime_geometry(lay, max_layout, ports, read_words, sim_args):
+    """A unit built for the largest image fetches a smaller one, told its geometry at run
+    time: exactly the used experts' bytes, each part equal to the image's."""
+    experts = list(range(0, lay.num_experts, 2)) + [lay.num_experts - 1]
+    experts = sorted(set(experts))
+    res = run_dma(lay, experts, ports=ports, read_words=read_words,
+                  task=lay.num_tasks - 1, layer=lay.num_layers - 1, seed=lay.dim + ports,
+                  sim_args=sim_args, max_layout=max_layout, compute_cycles=20)
+    assert res["bytes"] == len(experts) * lay.bytes_for_expert()
+    assert res["router_bytes"] == lay.bytes_for_router()
+    total = sum(beats for _, beats in res["bursts"]) * lay.word_bytes
+    assert total == res["bytes"] + res["router_bytes"]
+
+
+@pytest.mark.parametrize("change", [
+    dict(num_experts=0), dict(num_experts=9), dict(part=1, words=0),
+    dict(part=ROUTER, words=1000),
+])
+def test_bad_geometry_is_an_error(change, sim_args):
+    """A geometry the buffers cannot hold (or an empty one) is refused at start."""
+    g = geometry_of(SMALL)
+    if "part" in change:
+        g["part_words"][change["part"]] = change["words"]
+    else:
+        g.update(change)
+    dut = ExpertDMA(BIG)
+    seen = {}
+
+    async def tb(ctx):
+        ctx.set(dut.geometry, g)
+        ctx.set(dut.image_base, BASE)
+        ctx.set(dut.image_bytes, SMALL.total_bytes)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await ctx.tick().repeat(30)
+        seen["error"] = ctx.get(dut.error)
+        seen["busy"] = ctx.get(dut.busy)
+        seen["router_ready"] = ctx.get(dut.router_ready)
+
+    run_sim(dut, [tb], deadline_cycles=100, **sim_args)
+    assert seen == {"error": 1, "busy": 0, "router_ready": 0}
+
+
+def test_geometry_layout_fits():
+    """The geometry of every image within the largest fits its fields."""
+    lay_t = geometry_layout(BIG)
+    for lay in (SMALL, BIG):
+        lay_t.const(geometry_of(lay))
+    with pytest.raises(TypeError):
+        geometry_of("BIG")
 
 
 def test_choose_ports():

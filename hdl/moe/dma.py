@@ -7,7 +7,7 @@ Addresses come from an :class:`~hdl.moe.layout.ImageLayout`; the image itself is
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, exact_log2
@@ -18,11 +18,39 @@ from ..axi_master import AXI4ReadMaster
 from .layout import PARTS, ImageLayout
 
 
-__all__ = ["ExpertDMA", "ROUTER", "choose_ports"]
+__all__ = ["ExpertDMA", "ROUTER", "choose_ports", "geometry_layout", "geometry_of"]
 
 #: Part number of the router region in :class:`ExpertDMA`'s read port (expert parts are
 #: numbered 0..3 in :data:`hdl.moe.layout.PARTS` order).
 ROUTER = len(PARTS)
+
+_GEOMETRY_FIELDS = ("num_layers", "num_tasks", "num_experts", "router_stride", "expert_stride",
+                    "experts_offset", "layer_stride", "total_bytes")
+
+
+def geometry_layout(layout):
+    """Layout of the run-time geometry of an image whose shape lies within ``layout`` (the
+    largest): its layer, task and expert counts, the bus words of each part (:data:`PARTS`, then
+    the router), each part's offset in an expert region, and the strides and size of
+    :class:`~hdl.moe.layout.ImageLayout`. Each field is as wide as the largest value."""
+    if not isinstance(layout, ImageLayout):
+        raise TypeError(f"layout must be an ImageLayout, not {layout!r}")
+    g = geometry_of(layout)
+    fields = {name: range(g[name] + 1) for name in _GEOMETRY_FIELDS}
+    fields["part_words"] = data.ArrayLayout(range(max(g["part_words"]) + 1), len(PARTS) + 1)
+    fields["part_offsets"] = data.ArrayLayout(range(layout.expert_span + 1), len(PARTS))
+    return data.StructLayout(fields)
+
+
+def geometry_of(layout):
+    """The geometry of an :class:`~hdl.moe.layout.ImageLayout`, as a dict for
+    :func:`geometry_layout` (what :class:`hdl.moe.geometry.Geometry` computes in hardware)."""
+    if not isinstance(layout, ImageLayout):
+        raise TypeError(f"layout must be an ImageLayout, not {layout!r}")
+    g = {name: getattr(layout, name) for name in _GEOMETRY_FIELDS}
+    g["part_words"] = [layout.part_words(x) for x in PARTS + ("router",)]
+    g["part_offsets"] = [layout.part_offsets[x] for x in PARTS]
+    return g
 
 
 def choose_ports(weight_bytes_per_cycle, port_bytes_per_cycle, max_ports=4):
@@ -50,10 +78,16 @@ class ExpertDMA(wiring.Component):
 
     Operation
     ---------
-    ``start`` latches ``image_base``, ``image_bytes``, ``layer`` and ``task`` and checks them:
-    a task or layer out of range, an image smaller than :attr:`ImageLayout.total_bytes`, a base
-    not aligned to 4 KiB, an image running past the address space, or a ``start`` while reads
-    are still outstanding (``busy``) set the sticky ``error`` and nothing is fetched. Otherwise the
+    The unit is built for the largest image (``layout``: its buffers hold that image's parts);
+    the image of a layer is described at run time by ``geometry`` (:func:`geometry_layout`, the
+    :func:`geometry_of` an :class:`ImageLayout` of at most ``layout``'s dimensions, which
+    :class:`hdl.moe.geometry.Geometry` computes in hardware from the model's shape).
+    ``start`` latches ``geometry``, ``image_base``, ``image_bytes``, ``layer`` and ``task`` and
+    checks them: a task or layer out of range, an image smaller than the geometry's
+    ``total_bytes``, a base not aligned to 4 KiB, an image running past the address space, a
+    geometry with a part larger than ``layout``'s (or empty) or an expert count of 0 or above
+    ``layout``'s, or a ``start`` while reads are still outstanding (``busy``) set the sticky
+    ``error`` and nothing is fetched. Otherwise the
     task's router (E × D weights) is fetched at once into the router buffer; ``router_ready``
     rises when it is complete.
 
@@ -92,8 +126,8 @@ class ExpertDMA(wiring.Component):
 
     Errors
     ------
-    ``error`` is sticky: bad ``start`` arguments (see above) and an expert id ≥ E until the next
-    ``start``; an AXI error response or a malformed command until reset (the
+    ``error`` is sticky: bad ``start`` arguments (see above) and an expert id ≥ the geometry's
+    ``num_experts`` until the next ``start``; an AXI error response or a malformed command until reset (the
     :class:`~hdl.axi_master.AXI4ReadMaster` flags are sticky until reset).
     After an error no new read is issued, outstanding reads drain, and ``busy`` falls: the
     consumer must watch ``error`` instead of waiting for ``ready``.
@@ -101,7 +135,8 @@ class ExpertDMA(wiring.Component):
     Parameters
     ----------
     layout : ImageLayout
-        The weight image's geometry.
+        The largest image's geometry: it sizes the buffers (two banks of its expert's parts and
+        its router) and is the default ``geometry``.
     ports : int
         AXI4 read managers, 1, 2 or 4.
     addr_width : int
@@ -117,6 +152,8 @@ class ExpertDMA(wiring.Component):
 
     Members
     -------
+    geometry : In(geometry_layout(layout)), init ``geometry_of(layout)``
+        The image's run-time geometry (latched at ``start``).
     start : In(1)
         Pulse: begin a layer (see above).
     image_base : In(addr_width)
@@ -193,6 +230,7 @@ class ExpertDMA(wiring.Component):
         E = layout.num_experts
         bus_sig = AXI4Signature(addr_width=addr_width, data_width=layout.data_width, id_width=1)
         members = {
+            "geometry": In(geometry_layout(layout), init=geometry_of(layout)),
             "start": In(1),
             "image_base": In(addr_width),
             "image_bytes": In(addr_width + 1),
@@ -316,16 +354,34 @@ class ExpertDMA(wiring.Component):
 
     # -- hardware ---------------------------------------------------------------------------
 
+    def _derive(self, words, port):
+        """Run-time chunk arithmetic of one part for one port, from its ``words`` (a value):
+        ``(chunks, tail, port_chunks, port_words)`` — the part's chunks and the length of its
+        last one, and the chunks and bus words ``port`` fetches."""
+        P, cw = self._ports, self._chunk_words
+        logcw, logP = exact_log2(cw), exact_log2(P)
+        chunks = (words + (cw - 1)) >> logcw
+        tail = ((words - 1) & (cw - 1)) + 1
+        if P == 1:
+            return chunks, tail, Mux(words != 0, 1, 0), words
+        n = (chunks + (P - 1 - port)) >> logP
+        owns_last = (((chunks - 1) & (P - 1)) == port) & (n != 0)
+        pw = (n << logcw) - Mux(owns_last, cw - tail, 0)
+        return chunks, tail, n, pw
+
     def elaborate(self, platform):
         m = Module()
         lay = self._layout
         P, cw, R = self._ports, self._chunk_words, self._read_words
-        E, T, L = lay.num_experts, lay.num_tasks, lay.num_layers
+        E = lay.num_experts
         wb = lay.word_bytes
         aw = self._addr_width
         n_parts = len(PARTS)
+        max_words = [self._part_words(x) for x in range(n_parts + 1)]
 
-        # -- start: latch and check the arguments ----------------------------------------------
+        # -- start: latch the geometry and the arguments, and check them ------------------------
+        gi = self.geometry
+        geo = Signal.like(gi)                  # the layer's geometry, latched at start
         layer_base = Signal(aw + 1)
         router_base = Signal(aw + 1)
         started = Signal()
@@ -333,16 +389,22 @@ class ExpertDMA(wiring.Component):
         arg_error = Signal()
         list_error = Signal()
         axi_errors = []
-        m.d.comb += bad_args.eq((self.task >= T) | (self.layer >= L) |
-                                (self.image_bytes < lay.total_bytes) |
+        bad_geometry = Cat(
+            (gi.num_experts == 0) | (gi.num_experts > E),
+            *[(gi.part_words[x] == 0) | (gi.part_words[x] > max_words[x])
+              for x in range(n_parts + 1)]).any()
+        m.d.comb += bad_args.eq((self.task >= gi.num_tasks) | (self.layer >= gi.num_layers) |
+                                (self.image_bytes < gi.total_bytes) |
                                 (self.image_base[:12] != 0) |
-                                (self.image_base + lay.total_bytes > (1 << aw)) |
-                                self.busy)
+                                (self.image_base + gi.total_bytes > (1 << aw)) |
+                                bad_geometry | self.busy)
         with m.If(self.start):
+            layer_off = self.layer * gi.layer_stride
             m.d.sync += [
-                layer_base.eq(self.image_base + self.layer * lay.layer_stride),
-                router_base.eq(self.image_base + self.layer * lay.layer_stride +
-                               lay.routers_offset + self.task * lay.router_stride),
+                geo.eq(gi),
+                layer_base.eq(self.image_base + layer_off + gi.experts_offset),
+                router_base.eq(self.image_base + layer_off + lay.routers_offset +
+                               self.task * gi.router_stride),
                 started.eq(~bad_args),
                 arg_error.eq(bad_args),
                 list_error.eq(0),
@@ -358,7 +420,7 @@ class ExpertDMA(wiring.Component):
                     elist[n_known].eq(self.experts.payload),
                     n_known.eq(n_known + 1),
                 ]
-            with m.If((self.experts.payload >= E) | (n_known >= E)):
+            with m.If((self.experts.payload >= geo.num_experts) | (n_known >= geo.num_experts)):
                 m.d.sync += list_error.eq(1)
         released = Signal(range(E + 1))         # jobs released
         released1 = Signal(range(E + 1))        # jobs whose fc1 parts are released
@@ -382,6 +444,7 @@ class ExpertDMA(wiring.Component):
         wpart = []           # per port: part being written
         wcounts = []         # per port: words of that part written
         rdone = []           # per port: router written
+        has = []             # per port: [part] the port fetches words of it in this layer
         mems = []
         words_in = []        # per port: a word was delivered this cycle (expert / router)
         any_busy = []
@@ -399,8 +462,27 @@ class ExpertDMA(wiring.Component):
             m.submodules[f"buf{p}"] = mem
             mems.append(mem)
 
+            # The parts this port may fetch (at the largest geometry; at run time a part may
+            # have fewer chunks than ports, and a port none of it).
             my_parts = [x for x in range(n_parts) if self._port_chunks(x, p)]
-            has_router = self._port_chunks(ROUTER, p) > 0
+            may_router = self._port_chunks(ROUTER, p) > 0
+
+            # Run-time chunk arithmetic, from the latched geometry and (at start) the input.
+            chunks, tails, n_my, pwords = [], [], [], []
+            for x in range(n_parts + 1):
+                c_, t_, n_, w_ = self._derive(geo.part_words[x], p)
+                sigs = [Signal(range(-(-max_words[x] // cw) + 1), name=f"chunks{p}_{x}"),
+                        Signal(range(cw + 1), name=f"tail{p}_{x}"),
+                        Signal(range(self._port_chunks(x, p) + 1), name=f"n_my{p}_{x}"),
+                        Signal(range(max(self._port_words(x, p), 1) + 1),
+                               name=f"pwords{p}_{x}")]
+                m.d.comb += [sig.eq(v) for sig, v in zip(sigs, (c_, t_, n_, w_))]
+                chunks.append(sigs[0])
+                tails.append(sigs[1])
+                n_my.append(sigs[2])
+                pwords.append(sigs[3])
+            in_words = [self._derive(gi.part_words[x], p)[3] for x in range(n_parts + 1)]
+            has.append([pw != 0 for pw in pwords])
 
             # Command side. State: which region (router / job), part, chunk ordinal.
             cjob = Signal(range(E + 1), name=f"cjob{p}")
@@ -410,25 +492,21 @@ class ExpertDMA(wiring.Component):
             job_base = Signal(aw + 1, name=f"job_base{p}")
             cmd = master.cmd
 
-            def chunk_cmd(part, region_base, chunk_ordinal, *, p=p):
+            def chunk_cmd(part, region_base, chunk_ordinal, *, p=p, chunks=chunks, tails=tails):
                 """Drive ``cmd`` for chunk ``chunk_ordinal`` of this port in ``part``."""
-                c = p + chunk_ordinal * P
-                tail = self._part_words(part) - (self._chunks(part) - 1) * cw
                 if P == 1:
                     addr = region_base
-                    beats = self._part_words(part)
+                    beats = geo.part_words[part]
                 else:
+                    c = p + chunk_ordinal * P
                     addr = region_base + c * (cw * wb)
-                    beats = Mux(c == self._chunks(part) - 1, tail, cw)
+                    beats = Mux(c == chunks[part] - 1, tails[part], cw)
                 return [cmd.payload.addr.eq(addr), cmd.payload.beats.eq(beats)]
 
             def part_addr(part, job_base=job_base):
-                return job_base + lay.part_offsets[PARTS[part]]
+                return job_base + geo.part_offsets[part]
 
-            n_my = [self._port_chunks(x, p) if P > 1 else min(self._port_chunks(x, p), 1)
-                    for x in range(n_parts + 1)]
-
-            first_state = "ROUTER" if has_router else "WAIT"
+            first_state = "ROUTER" if may_router else "WAIT"
 
             def restart(first_state=first_state, cjob=cjob, cchunk=cchunk):
                 # A start abandons whatever the port was doing (it is refused with an error
@@ -442,15 +520,18 @@ class ExpertDMA(wiring.Component):
             with m.FSM(name=f"cmd{p}"):
                 with m.State("IDLE"):
                     restart()
-                if has_router:
+                if may_router:
                     with m.State("ROUTER"):
-                        m.d.comb += chunk_cmd(ROUTER, router_base, cchunk)
-                        m.d.comb += cmd.valid.eq(~self.error)
-                        with m.If(cmd.ready & ~self.error):
-                            m.d.sync += cchunk.eq(cchunk + 1)
-                            with m.If(cchunk == n_my[ROUTER] - 1):
-                                m.d.sync += cchunk.eq(0)
-                                m.next = "WAIT"
+                        with m.If(n_my[ROUTER] == 0):
+                            m.next = "WAIT"
+                        with m.Else():
+                            m.d.comb += chunk_cmd(ROUTER, router_base, cchunk)
+                            m.d.comb += cmd.valid.eq(~self.error)
+                            with m.If(cmd.ready & ~self.error):
+                                m.d.sync += cchunk.eq(cchunk + 1)
+                                with m.If(cchunk == n_my[ROUTER] - 1):
+                                    m.d.sync += cchunk.eq(0)
+                                    m.next = "WAIT"
                         restart()
                 with m.State("WAIT"):
                     # Job cjob may start once its expert is known (each part waits in JOB for
@@ -459,8 +540,7 @@ class ExpertDMA(wiring.Component):
                     if my_parts:
                         with m.If(can):
                             m.d.sync += [
-                                job_base.eq(layer_base + lay.experts_offset +
-                                            elist[cjob] * lay.expert_stride),
+                                job_base.eq(layer_base + elist[cjob] * geo.expert_stride),
                                 cpart.eq(my_parts[0]),
                                 cchunk.eq(0),
                             ]
@@ -471,24 +551,30 @@ class ExpertDMA(wiring.Component):
                         with m.Switch(cpart):
                             for i, x in enumerate(my_parts):
                                 with m.Case(x):
+                                    def next_part(i=i):
+                                        if i + 1 < len(my_parts):
+                                            return [cpart.eq(my_parts[i + 1])]
+                                        m.next = "WAIT"
+                                        return [cjob.eq(cjob + 1)]
                                     free = bank_free(cjob, x)
-                                    m.d.comb += chunk_cmd(x, part_addr(x), cchunk)
-                                    m.d.comb += cmd.valid.eq(~self.error & free)
-                                    with m.If(cmd.ready & ~self.error & free):
-                                        m.d.sync += cchunk.eq(cchunk + 1)
-                                        with m.If(cchunk == n_my[x] - 1):
-                                            m.d.sync += cchunk.eq(0)
-                                            if i + 1 < len(my_parts):
-                                                m.d.sync += cpart.eq(my_parts[i + 1])
-                                            else:
-                                                m.d.sync += cjob.eq(cjob + 1)
-                                                m.next = "WAIT"
+                                    with m.If(n_my[x] == 0):
+                                        # None of this part is ours in this layer.
+                                        m.d.sync += next_part()
+                                    with m.Else():
+                                        m.d.comb += chunk_cmd(x, part_addr(x), cchunk)
+                                        m.d.comb += cmd.valid.eq(~self.error & free)
+                                        with m.If(cmd.ready & ~self.error & free):
+                                            m.d.sync += cchunk.eq(cchunk + 1)
+                                            with m.If(cchunk == n_my[x] - 1):
+                                                m.d.sync += cchunk.eq(0)
+                                                m.d.sync += next_part()
                         with m.If(self.error):
                             m.next = "WAIT"
                         restart()
 
             # Write side: every delivered word goes to the buffer; counters follow the same
-            # (region, part, word) sequence as the commands.
+            # (region, part, word) sequence as the commands, skipping the parts with no word
+            # for this port.
             w_port = mem.write_port(granularity=lay.data_width)
             data_s = master.data
             m.d.comb += data_s.ready.eq(1)
@@ -506,9 +592,19 @@ class ExpertDMA(wiring.Component):
             word_r = Signal(name=f"word_r{p}")
             words_in.append((word_e, word_r))
 
+            def first_part(present, my_parts=my_parts):
+                """The first of ``my_parts`` whose ``present`` is true (else the first)."""
+                out = my_parts[0] if my_parts else 0
+                for x in reversed(my_parts):
+                    out = Mux(present[x], x, out)
+                return out
+
+            in_has = [w != 0 for w in in_words]
             with m.If(self.start & ~bad_args):
-                m.d.sync += [wj.eq(0), wcount.eq(0), wr.eq(has_router), rd.eq(not has_router),
-                             wp.eq(my_parts[0] if my_parts else 0)]
+                m.d.sync += [wj.eq(0), wcount.eq(0),
+                             wr.eq(in_has[ROUTER] if may_router else 0),
+                             rd.eq(~in_has[ROUTER] if may_router else 1),
+                             wp.eq(first_part(in_has))]
 
             got = data_s.valid & started
             local = Signal(range(self.memory_words + 1), name=f"local{p}")
@@ -518,7 +614,7 @@ class ExpertDMA(wiring.Component):
                 with m.If(got):
                     m.d.comb += word_r.eq(1)
                     m.d.sync += wcount.eq(wcount + 1)
-                    with m.If(wcount == self._port_words(ROUTER, p) - 1):
+                    with m.If(wcount == pwords[ROUTER] - 1):
                         m.d.sync += [wcount.eq(0), wr.eq(0), rd.eq(1)]
             with m.Else():
                 with m.Switch(wp):
@@ -529,12 +625,16 @@ class ExpertDMA(wiring.Component):
                             with m.If(got):
                                 m.d.comb += word_e.eq(1)
                                 m.d.sync += wcount.eq(wcount + 1)
-                                with m.If(wcount == self._port_words(x, p) - 1):
+                                with m.If(wcount == pwords[x] - 1):
                                     m.d.sync += wcount.eq(0)
-                                    if i + 1 < len(my_parts):
-                                        m.d.sync += wp.eq(my_parts[i + 1])
-                                    else:
-                                        m.d.sync += [wp.eq(my_parts[0]), wj.eq(wj + 1)]
+                                    # The next part with words for this port, or the next job.
+                                    nxt = my_parts[0]
+                                    wrap = 1
+                                    for y in reversed(my_parts[i + 1:]):
+                                        nxt = Mux(has[p][y], y, nxt)
+                                        wrap = Mux(has[p][y], 0, wrap)
+                                    nxt = Mux(wrap, first_part(has[p]), nxt)
+                                    m.d.sync += [wp.eq(nxt), wj.eq(wj + wrap)]
             m.d.comb += [
                 w_port.addr.eq(local >> exact_log2(R)),
                 w_port.data.eq(data_s.payload.data.replicate(R)),
@@ -549,7 +649,8 @@ class ExpertDMA(wiring.Component):
             terms = []
             for p in range(P):
                 if self._port_chunks(x, p):
-                    terms.append((wjob[p] > self.job) | ((wjob[p] == self.job) & (wpart[p] > x)))
+                    terms.append(~has[p][x] | (wjob[p] > self.job)
+                                 | ((wjob[p] == self.job) & (wpart[p] > x)))
             m.d.comb += self.ready[x].eq(Cat(*terms).all() & started if terms else started)
         rterms = [rdone[p] for p in range(P) if self._port_chunks(ROUTER, p)]
         m.d.comb += self.router_ready.eq(Cat(*rterms).all() & started)
@@ -561,10 +662,10 @@ class ExpertDMA(wiring.Component):
         with m.Switch(self.rd_part):
             for x in range(n_parts):
                 with m.Case(x):
-                    last = Signal(range(max(self._part_words(x), 2)), name=f"rd_last{x}")
+                    last = Signal(range(max(max_words[x], 2)), name=f"rd_last{x}")
                     w = self.rd_addr * R + (R - 1)
-                    m.d.comb += last.eq(Mux(w >= self._part_words(x), self._part_words(x) - 1,
-                                            w))
+                    nw = geo.part_words[x]
+                    m.d.comb += last.eq(Mux(w >= nw, nw - 1, w))
                     if P == 1:
                         port, local = Const(0, 1), last
                     else:
