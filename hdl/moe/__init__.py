@@ -12,6 +12,8 @@ Modules
     Counting sort of tokens into per-expert lists; iterator over the used experts.
 :mod:`hdl.moe.dma`
     Expert-weight DMA scheduler: AXI4 reads into ping-pong banks, prefetching expert e+1.
+:mod:`hdl.moe.geometry`
+    The weight image's geometry computed in hardware from a model's MoE shape.
 :mod:`hdl.moe.layer`
     The MoE layer engine joining all of the above with the compute unit and the softmax.
 :mod:`hdl.moe.core`
