@@ -8,10 +8,10 @@ activation buffer, and the packers of the input and output buffers. Pure NumPy; 
 Amaranth elaboration.
 
 The same hardware runs any model within the configured maxima: every size, address and format of
-the dense layers, the attention and the LayerNorms is an operand of the program. (The MoE layer
-engine, :mod:`hdl.moe.layer`, is built for one MoE shape — tokens, widths, experts, tasks and
-number of MoE blocks are its constants — so the MoE blocks of the model must have the shape the
-configuration's ``model`` names.)
+the dense layers, the attention and the LayerNorms is an operand of the program, and so is the
+MoE shape of the model (tokens, widths, experts, top-k, tasks and MoE blocks: the ``MOE``
+instruction's fields), which must lie within the MoE engine's (:mod:`hdl.moe.layer`, built for
+the shape of the configuration's ``model``).
 
 DDR buffers
 -----------
@@ -320,17 +320,21 @@ def _check_fit(cfg, config):
     if n > config.softmax_max_len:
         raise ValueError(f"{cfg.name}: softmax rows of {n} exceed softmax_max_len = "
                          f"{config.softmax_max_len}")
-    moe_shape = ("tokens", "dim", "num_experts", "top_k", "expert_hidden", "num_tasks")
     if cfg.moe_blocks:
-        diff = [f"{k} {getattr(cfg, k)} ≠ {getattr(mdl, k)}" for k in moe_shape
-                if getattr(cfg, k) != getattr(mdl, k)]
-        if len(cfg.moe_blocks) != len(mdl.moe_blocks):
-            diff.append(f"MoE blocks {len(cfg.moe_blocks)} ≠ {len(mdl.moe_blocks)}")
-        if diff:
-            raise ValueError(f"{cfg.name}: the MoE engine of this configuration is built for "
-                             f"{mdl.name}'s MoE blocks ({'; '.join(diff)})")
+        try:
+            config.moe.check_model(cfg)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (its largest shape is {mdl.name}'s)") from None
     if cfg.num_tasks > 255:
         raise ValueError(f"{cfg.name} has {cfg.num_tasks} tasks; at most 255 are supported")
+
+
+def _moe_config(cfg, config):
+    """The :class:`~hdl.moe.layer.MoELayerConfig` of ``cfg``'s own MoE shape on ``config``'s
+    compute unit (its activation-buffer plan: row words, scratch)."""
+    from .moe.layer import MoELayerConfig
+    return MoELayerConfig.for_model(cfg, config.compute, data_width=config.axi_data_width,
+                                    ports=config.moe_ports)
 
 
 def _plan(cfg, config):
@@ -354,7 +358,7 @@ def _plan(cfg, config):
         scores1 = apart
     attn = scores1 + n * ws
     attn_end = attn + n * wd
-    scratch_words = config.moe.scratch_words if cfg.moe_blocks else 0
+    scratch_words = _moe_config(cfg, config).scratch_words if cfg.moe_blocks else 0
     size = max(cfg.num_patches * wp, attn_end - shared, n * wh, scratch_words)
     words = shared + size
     if words > c.abuf_depth:
@@ -447,6 +451,7 @@ def compile_model(qm, config):
     sm_fmt = config.softmax.in_formats.index(nx.score)
     sm_scale = softmax_scale_int(hd ** -0.5, nx)
     moe_layer = 0
+    moe_shape = config.moe.check_model(cfg) if cfg.moe_blocks else {}
     for i in range(cfg.depth):
         b = f"blocks.{i}."
         prog.block = f"block{i}"
@@ -483,7 +488,7 @@ def compile_model(qm, config):
         layernorm(b + "ln2", plan.x, plan.u)
         if cfg.is_moe(i):
             prog.emit(Opcode.MOE, layer=moe_layer, u_base=plan.u, x_base=plan.x,
-                      scratch_base=plan.scratch)
+                      scratch_base=plan.scratch, **moe_shape)
             moe_layer += 1
         else:
             dense(qm[b + "fc1_w"], qm[b + "fc1_b"], b + "fc1", m=n, x_fmt=nx.ln_out,

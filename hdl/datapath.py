@@ -41,7 +41,7 @@ from .axi_master import AXI4ReadMaster
 from .axi_port import AXIPortMux
 from .engines import LoadEngine, ParamStream, RowEngine, SharedMoELayer, StoreEngine
 from .isa import Base, Opcode
-from .moe.layer import Status as MoEStatus
+from .moe.layer import SHAPE_FIELDS, Status as MoEStatus
 from .nonlin.layernorm import LayerNorm
 from .regmap import ErrorCode
 from .stream_util import Queue
@@ -362,6 +362,13 @@ class Datapath(wiring.Component):
             moe.u_base.eq(mo.u_base), moe.x_base.eq(mo.x_base),
             moe.scratch_base.eq(mo.scratch_base),
         ]
+        # The model's MoE shape; a field above the engine's maximum is a program error (the
+        # engine itself refuses zero fields and k above the experts, with BAD_SHAPE).
+        moe_too_big = Signal()
+        m.d.comb += moe_too_big.eq(Cat(*(getattr(mo, f) > getattr(c.moe, f)
+                                         for f in SHAPE_FIELDS)).any())
+        for f in SHAPE_FIELDS:
+            m.d.comb += getattr(moe.shape, f).eq(getattr(mo, f))
 
         # -- the sequencer --------------------------------------------------------------------
         ev = self.events
@@ -495,7 +502,7 @@ class Datapath(wiring.Component):
                                 m.d.comb += sme.start.eq(1)
                                 m.next = "FETCH"
                         with m.Case(Opcode.MOE):
-                            with m.If(cu.busy):
+                            with m.If(cu.busy | moe_too_big):
                                 m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
                                 m.next = "FAILED"
                             with m.Else():

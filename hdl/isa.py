@@ -33,7 +33,9 @@ opcode         what
                engine runs beside the next instructions until one waits for it (every
                instruction but a MATMUL without ``WAIT_SOFTMAX``)
 ``MOE``        one MoE layer (:class:`hdl.moe.layer.MoELayer`): layer ``layer``, router of
-               the task in the ``TASK`` register, ``u``, ``x`` and scratch in abuf
+               the task in the ``TASK`` register, ``u``, ``x`` and scratch in abuf; the
+               model's MoE shape (``tokens``, ``dim``, ``hidden``, ``num_experts``, ``k``,
+               ``num_tasks``, ``num_layers``), within the engine's maxima
 =============  ========================================================================
 
 An abuf *word* holds ``L = lcm(rows, cols)`` 16-bit elements; row ``i`` of a matrix at word
@@ -86,8 +88,9 @@ __all__ = ["MAGIC", "VERSION", "SEGMENT_MAGIC", "INSTR_BITS", "INSTR_BYTES", "HE
 
 #: ``magic`` of the program header: ASCII "M3VP", little-endian.
 MAGIC = int.from_bytes(b"M3VP", "little")
-#: Version of this format (2: the parameter stream is stored as interleaved sub-streams).
-VERSION = 2
+#: Version of this format (2: the parameter stream is stored as interleaved sub-streams;
+#: 3: MOE carries the model's MoE shape).
+VERSION = 3
 #: ``magic`` byte of every parameter-stream segment header.
 SEGMENT_MAGIC = 0xA5
 #: Bits of an instruction (and of the header).
@@ -178,6 +181,9 @@ _matmul = data.StructLayout({
 _moe = data.StructLayout({
     "layer": 8,
     "u_base": 16, "x_base": 16, "scratch_base": 16,
+    # The model's MoE shape (hdl.moe.layer.SHAPE_FIELDS), checked against the engine's maxima.
+    "tokens": 16, "dim": 16, "hidden": 16, "num_experts": 8, "k": 8, "num_tasks": 8,
+    "num_layers": 8,
 })
 
 #: One instruction: ``opcode`` and the operands of that opcode.

@@ -182,7 +182,7 @@ class ProgramModel:
             elif op == Opcode.SOFTMAX:
                 self._softmax(f)
             elif op == Opcode.MOE:
-                self._moe(f, read, weights_addr + hdr["moe_offset"], task)
+                self._moe(f, read, weights_addr + hdr["moe_offset"], task, hdr["moe_bytes"])
             else:
                 raise ProgramFault(ErrorCode.PROGRAM_ERROR, f"unknown opcode {op}")
         return {"instructions": executed, "macs": macs}
@@ -273,18 +273,32 @@ class ProgramModel:
                      nx.prob)
         self._store_elems(f["out_base"], f["out_stride"], p)
 
-    def _moe(self, f, read, image_addr, task):
-        from hdl.moe.layout import PARTS, SystolicOrder, layout_for
+    def _moe(self, f, read, image_addr, task, image_bytes):
+        from hdl.moe.layer import SHAPE_FIELDS
+        from hdl.moe.layout import PARTS, ImageLayout, SystolicOrder
         c = self.config
         nx = c.numerics
-        mdl = c.model
         a = c.compute.array
-        lay = layout_for(mdl, c.axi_data_width, order=SystolicOrder(a.rows, a.cols))
+        shape = {name: f[name] for name in SHAPE_FIELDS}
+        over = [name for name in SHAPE_FIELDS if shape[name] > getattr(c.moe, name)]
+        if over:
+            raise ProgramFault(ErrorCode.PROGRAM_ERROR,
+                               f"MOE shape above the engine's maxima: {', '.join(over)}")
+        if 0 in shape.values() or shape["k"] > shape["num_experts"]:
+            raise ProgramFault(ErrorCode.PROGRAM_ERROR, f"bad MOE shape {shape}")
+        lay = ImageLayout(num_layers=shape["num_layers"], num_experts=shape["num_experts"],
+                          num_tasks=shape["num_tasks"], dim=shape["dim"],
+                          hidden=shape["hidden"], data_width=c.axi_data_width,
+                          order=SystolicOrder(a.rows, a.cols))
         layer = f["layer"]
-        if layer >= lay.num_layers:
-            raise ProgramFault(ErrorCode.PROGRAM_ERROR, f"MoE layer {layer} out of range")
+        if layer >= lay.num_layers or task >= lay.num_tasks:
+            raise ProgramFault(ErrorCode.PROGRAM_ERROR, f"MoE layer {layer} or task {task} "
+                                                        f"out of range")
+        if image_bytes < lay.total_bytes:
+            raise ProgramFault(ErrorCode.PROGRAM_ERROR, "the MoE image is smaller than the "
+                                                        "MOE shape's layout")
         od = lay.order
-        d, h, E = mdl.dim, mdl.expert_hidden, mdl.num_experts
+        d, h, E = shape["dim"], shape["hidden"], shape["num_experts"]
 
         def matrix(off, n, k):
             idx = od.weights(n, k)
@@ -303,11 +317,11 @@ class ProgramModel:
             return out
 
         rw = -(-d // c.lanes)
-        n_tok = mdl.tokens
+        n_tok = shape["tokens"]
         u = self._elems(f["u_base"], rw, n_tok, d)
         x = self._elems(f["x_base"], rw, n_tok, d)
         gate = matrix(lay.router_offset(layer, task), E, d)
-        _, _, idx, scores = qref.route(u, gate, mdl.top_k, nx)
+        _, _, idx, scores = qref.route(u, gate, shape["k"], nx)
         for e, tokens, s in qref.reorder(idx, scores, E):
             off = {p: lay.part_offset(layer, e, p) for p in PARTS}
             hid = qref.linear(u[tokens], matrix(off["fc1_w"], h, d), vector(off["fc1_b"], h),

@@ -102,6 +102,37 @@ def test_expert_counts_and_top_k(E, k, img, ports, load_words, sim_args):
     _check(res, qm, u, x, 1)
 
 
+# An engine for shapes up to these (8 experts, k ≤ 4, 10 tokens, D ≤ 48, Hd ≤ 96, 3 tasks,
+# 2 MoE layers): micro and smaller models run on it, told their shape at run time.
+LARGEST = ModelConfig(name="largest", img_h=48, img_w=48, dim=48, depth=4, heads=1,
+                      mlp_hidden=192, num_experts=8, top_k=4, expert_hidden=96, num_tasks=3)
+
+
+@pytest.mark.parametrize("cfg, task, ports, load_words", [
+    (MICRO, 1, 1, 1),
+    (_synth_cfg(5, 3, D=12, Hd=20, img=32, T=3), 2, 2, 2),   # rows not whole buffer words
+    (_synth_cfg(2, 1, D=4, Hd=4, img=16, T=1), 0, 2, 1),     # two tokens, fewest of all
+])
+def test_runtime_shape(cfg, task, ports, load_words, sim_args):
+    """An engine built for a larger shape runs a smaller model told its shape at run time,
+    bit-exact against the twin, fetching exactly that model's experts and router."""
+    qm, u, x = synthetic_case(cfg, 11, "random")
+    compute = compute_config(LARGEST, ARRAY, ARRAY, load_words)
+    engine = MoELayerConfig.for_model(LARGEST, compute, ports=ports)
+    # (A shape the engine got wrong would rather hang than finish: fail fast.)
+    res = simulate_layer(qm, u, x, 0, task, compute, ports=ports, latency=25, jitter=10,
+                         seed=3, engine=engine, deadline_cycles=30_000, **sim_args)
+    _check(res, qm, u, x, task)
+
+
+def test_runtime_shape_too_large():
+    compute = compute_config(MICRO, ARRAY, ARRAY)
+    engine = MoELayerConfig.for_model(MICRO, compute)
+    with pytest.raises(ValueError, match=r"do not fit this MoE engine: .*num_experts 8 > 4"):
+        engine.check_model(LARGEST)
+    assert engine.check_model(MICRO) == engine.max_shape
+
+
 def test_stalls_follow_the_bandwidth():
     """With the bandwidth above the compute unit's weight consumption the compute unit never
     waits for weights between experts; far below it, it does and the bench says so."""
@@ -117,8 +148,8 @@ def test_stalls_follow_the_bandwidth():
 
 
 def _bare_run(qm, steps, sim_args, *, slverr=None):
-    """Run ``steps`` [(task, layer, image_bytes)] back to back on one engine; return the
-    statuses and counters."""
+    """Run ``steps`` [(task, layer, image_bytes[, shape changes])] back to back on one engine;
+    return the statuses and counters."""
     cfg = qm.cfg
     compute = compute_config(cfg, ARRAY, ARRAY)
     lc = MoELayerConfig.for_model(cfg, compute)
@@ -132,7 +163,8 @@ def _bare_run(qm, steps, sim_args, *, slverr=None):
     N, Wd = cfg.tokens, lc.row_words
 
     async def tb(ctx):
-        for task, layer, nbytes in steps:
+        for task, layer, nbytes, *change in steps:
+            ctx.set(dut.shape, {**lc.max_shape, **(change[0] if change else {})})
             ctx.set(dut.task, task)
             ctx.set(dut.layer, layer)
             ctx.set(dut.image_base, BASE)
@@ -153,14 +185,18 @@ def _bare_run(qm, steps, sim_args, *, slverr=None):
 
 
 def test_bad_inputs_give_an_error_status(sim_args):
-    """Task out of range, layer out of range, an image smaller than the layout: an error
-    status at once, nothing fetched, and the engine still runs a good layer afterwards."""
+    """Task out of range, layer out of range, an image smaller than the layout, a bad shape
+    (a zero field, k above the experts, a field above the maximum): an error status, nothing
+    fetched, and the engine still runs a good layer afterwards."""
     qm, _, _ = synthetic_case(MICRO, 0)
-    steps = [(2, 0, None), (0, 1, None), (0, 0, 1000), (1, 0, None)]
+    steps = [(2, 0, None), (0, 1, None), (0, 0, 1000), (0, 0, None, {"dim": 0}),
+             (0, 0, None, {"num_experts": 1}), (0, 0, None, {"tokens": 7}),
+             (1, 0, None, {"num_tasks": 1}), (1, 0, None)]
     out, lc = _bare_run(qm, steps, sim_args)
     assert [s for s, _, _ in out] == [Status.BAD_TASK, Status.BAD_LAYER, Status.BAD_IMAGE,
-                                      Status.OK]
-    assert all(b == 0 for _, b, _ in out[:3])
+                                      Status.BAD_SHAPE, Status.BAD_SHAPE, Status.BAD_SHAPE,
+                                      Status.BAD_TASK, Status.OK]
+    assert all(b == 0 for _, b, _ in out[:-1])
     assert not any(busy for _, _, busy in out)
 
 

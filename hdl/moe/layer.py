@@ -11,9 +11,10 @@ Bit-exact with the MoE block of :func:`golden.twin.twin_forward` (and
 import math
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
+from amaranth.utils import exact_log2
 
 from golden.config import ModelConfig
 
@@ -25,11 +26,16 @@ from ..stream_util import Queue
 from ..systolic.config import ComputeConfig
 from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature, w_stream_layout
 from .dma import ROUTER, ExpertDMA, choose_ports
+from .geometry import Geometry
 from .layout import PARTS, ImageLayout, SystolicOrder
 from .reorder import Reorder, expert_entry_layout
 from .topk import TopK, check_moe_shape
 
-__all__ = ["Status", "MoELayerConfig", "MoELayer"]
+__all__ = ["Status", "MoELayerConfig", "MoELayer", "SHAPE_FIELDS"]
+
+#: The fields of a MoE shape (:attr:`MoELayerConfig.shape_layout`), the model's counterparts
+#: of :class:`MoELayerConfig`'s maxima.
+SHAPE_FIELDS = ("tokens", "dim", "hidden", "num_experts", "k", "num_tasks", "num_layers")
 
 
 class Status(enum.Enum, shape=unsigned(3)):
@@ -47,28 +53,36 @@ class Status(enum.Enum, shape=unsigned(3)):
     DMA_ERROR = 4
     #: The compute unit refused a command: ``x`` is not valid.
     CU_ERROR = 5
+    #: ``shape`` has a zero field, a field above the maximum or ``k`` above ``num_experts``;
+    #: nothing was done.
+    BAD_SHAPE = 6
 
 
 @dataclass(frozen=True)
 class MoELayerConfig:
-    """Configuration of :class:`MoELayer`.
+    """Configuration of :class:`MoELayer`: the largest MoE shape it runs, and its interfaces.
+
+    The engine is built for the shape below; any model whose MoE shape lies within it (every
+    field at most this one's) runs on the same hardware, told its shape at run time
+    (:attr:`MoELayer.shape`, from the ``MOE`` instruction). The buffers are sized for the
+    largest shape; smaller ones use part of them.
 
     Parameters
     ----------
     num_experts : int
-        E, 1..64.
+        Most experts E, 1..64.
     k : int
-        Experts per token, 1..min(4, E).
+        Most experts per token, 1..min(4, E).
     tokens : int
-        Tokens per frame N (at most ``compute.max_m``).
+        Most tokens per frame N (at most ``compute.max_m``).
     dim : int
-        Embedding dimension D.
+        Largest embedding dimension D.
     hidden : int
-        Expert hidden width Hd.
+        Largest expert hidden width Hd.
     num_tasks : int
-        Tasks (routers per layer).
+        Most tasks (routers per layer).
     num_layers : int
-        MoE layers in the weight image.
+        Most MoE layers in the weight image.
     compute : ComputeConfig
         The compute unit (``rows`` and ``cols`` powers of two; with GELU).
     data_width : int
@@ -151,6 +165,38 @@ class MoELayerConfig:
         return self.compute.numerics
 
     @property
+    def shape_layout(self):
+        """Layout of a run-time MoE shape (:data:`SHAPE_FIELDS`), each field as wide as this
+        configuration's maximum."""
+        return data.StructLayout({name: range(getattr(self, name) + 1)
+                                  for name in SHAPE_FIELDS})
+
+    @property
+    def max_shape(self):
+        """This configuration's own shape, as a dict for :attr:`shape_layout`."""
+        return {name: getattr(self, name) for name in SHAPE_FIELDS}
+
+    @staticmethod
+    def shape_of(cfg):
+        """The MoE shape of a :class:`golden.config.ModelConfig`, as a dict."""
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg must be a ModelConfig, not {cfg!r}")
+        return {"tokens": cfg.tokens, "dim": cfg.dim, "hidden": cfg.expert_hidden,
+                "num_experts": cfg.num_experts, "k": cfg.top_k, "num_tasks": cfg.num_tasks,
+                "num_layers": len(cfg.moe_blocks)}
+
+    def check_model(self, cfg):
+        """Raise ``ValueError`` unless the MoE shape of ``cfg`` (a
+        :class:`golden.config.ModelConfig`) lies within this configuration; return the shape."""
+        shape = self.shape_of(cfg)
+        over = [f"{name} {v} > {getattr(self, name)}" for name, v in shape.items()
+                if v > getattr(self, name)]
+        if over:
+            raise ValueError(f"the MoE blocks of {cfg.name} do not fit this MoE engine: "
+                             f"{', '.join(over)}")
+        return shape
+
+    @property
     def order(self):
         """The compute unit's weight stream order."""
         return SystolicOrder(self.compute.array.rows, self.compute.array.cols)
@@ -219,10 +265,18 @@ class MoELayerConfig:
     # -- cycle model --------------------------------------------------------------------------
 
 
+def _cdiv(value, div):
+    """``ceil(value / div)`` for a power-of-two ``div``: of an ``int``, or in hardware."""
+    if isinstance(value, int):
+        return -(-value // div)
+    return (value + (div - 1)) >> exact_log2(div)
+
+
 class _Feeder(wiring.Component):
     """Stream one or two parts of the DMA buffers into the compute unit's ``b`` and ``w``.
 
-    ``go`` with ``mode`` starts: ``ROUTER`` (the router part to ``w``), ``FC1`` (``fc1_b`` to
+    The parts' sizes follow the run-time shape (``dim``, ``hidden``, ``num_experts``, held while
+    the engine runs). ``go`` with ``mode`` starts: ``ROUTER`` (the router part to ``w``), ``FC1`` (``fc1_b`` to
     ``b``, then ``fc1_w`` to ``w``) or ``FC2`` (``fc2_b``, ``fc2_w``), of job ``job``. Each read
     is issued once the DMA reports its words in the buffer (``rd_avail``), so a part is fed while
     it is still arriving (``want``/``want_part`` say what is awaited); reads go through a small
@@ -242,6 +296,9 @@ class _Feeder(wiring.Component):
         dma_rd = cfg.read_words * cfg.data_width
         self._lay = cfg.layout
         super().__init__({
+            "dim": In(range(cfg.dim + 1)),
+            "hidden": In(range(cfg.hidden + 1)),
+            "num_experts": In(range(cfg.num_experts + 1)),
             "go": In(1),
             "abort": In(1),
             "mode": In(2),
@@ -260,21 +317,24 @@ class _Feeder(wiring.Component):
             "b": Out(stream.Signature(data.ArrayLayout(signed(nx.bias.width), a.cols))),
         })
 
-    def _segments(self):
-        """Per mode: list of (part, target 'b'/'w', output words)."""
+    def _segments(self, d=None, h=None, E=None):
+        """Per mode: list of (part, target 'b'/'w', output words) for a shape (``int`` values
+        or signals; default: the largest)."""
         cfg = self._cfg
         a = cfg.compute.array
-        d, h, E = cfg.dim, cfg.hidden, cfg.num_experts
+        d = cfg.dim if d is None else d
+        h = cfg.hidden if h is None else h
+        E = cfg.num_experts if E is None else E
 
         def nw(n, k):
             # w transfers of an (n, k) matrix: cols weight words per tile, load_words a transfer.
-            return -(-n // a.cols) * -(-k // a.rows) * (a.cols // a.load_words)
+            return _cdiv(n, a.cols) * _cdiv(k, a.rows) * (a.cols // a.load_words)
 
         return {
             self.ROUTER: [(ROUTER, "w", nw(E, d))],
-            self.FC1: [(PARTS.index("fc1_b"), "b", -(-h // a.cols)),
+            self.FC1: [(PARTS.index("fc1_b"), "b", _cdiv(h, a.cols)),
                        (PARTS.index("fc1_w"), "w", nw(h, d))],
-            self.FC2: [(PARTS.index("fc2_b"), "b", -(-d // a.cols)),
+            self.FC2: [(PARTS.index("fc2_b"), "b", _cdiv(d, a.cols)),
                        (PARTS.index("fc2_w"), "w", nw(d, h))],
         }
 
@@ -297,6 +357,7 @@ class _Feeder(wiring.Component):
         a = cfg.compute.array
         S = cfg.read_words * cfg.data_width
         segs = self._segments()
+        rt_segs = self._segments(self.dim, self.hidden, self.num_experts)
         max_sub = max(self._reads(t, n)[1] for s in segs.values() for _, t, n in s)
         raw_layout = data.StructLayout({
             "data": unsigned(S), "to_b": 1, "subs": range(max_sub + 1)})
@@ -318,16 +379,17 @@ class _Feeder(wiring.Component):
         tail = Signal(range(max_sub + 1))
         n_segs = Signal(2)
         with m.Switch(mode):
-            for md, sl in segs.items():
+            for md, sl in rt_segs.items():
                 with m.Case(md):
                     m.d.comb += n_segs.eq(len(sl))
                     with m.Switch(seg):
                         for i, (pt, tgt, n_out) in enumerate(sl):
-                            reads, pr = self._reads(tgt, n_out)
+                            # Reads of `pr` outputs each (a power of two), the last `tail`.
+                            pr = self._reads(tgt, 1)[1]
                             with m.Case(i):
                                 m.d.comb += [part.eq(pt), to_b.eq(tgt == "b"),
-                                             n_reads.eq(reads), per.eq(pr),
-                                             tail.eq(n_out - (reads - 1) * pr)]
+                                             n_reads.eq(_cdiv(n_out, pr)), per.eq(pr),
+                                             tail.eq(((n_out - 1) & (pr - 1)) + 1)]
         # A read may be issued once its words are in the buffer: a part is fed while it is
         # still arriving (rd_avail is the router's readiness for the router).
         part_ready = self.rd_avail
@@ -401,8 +463,11 @@ class MoELayer(wiring.Component):
     :attr:`MoELayerConfig.row_words` words); the result replaces ``x``. The engine uses
     :attr:`MoELayerConfig.scratch_words` words of abuf at ``scratch_base``.
 
-    Schedule, after ``start``::
+    The engine is built for the largest shape (:class:`MoELayerConfig`); ``shape`` says the
+    layer's, within it (the ``MOE`` instruction's fields). Schedule, after ``start``::
 
+        SETUP    the weight image's geometry from the shape (Geometry, 6 cycles), then the
+                 task, layer and image are checked against it
         ROUTER   DMA: the task's router (E × D) → router buffer      (task switch: just this)
         LOGITS   compute unit: logits = u·Wgᵀ (N × E, logit format) → abuf scratch
         ROUTE    abuf → Softmax (scale 1) → TopK → Reorder (counting sort, on chip)
@@ -425,8 +490,9 @@ class MoELayer(wiring.Component):
     on a count that a routing could make wrong: one expert receiving every token, experts with no
     token and tied scores only change how many rows and experts the loops run.
 
-    Errors: a task or layer out of range, or a weight image smaller than the layout (or
-    misaligned), end the layer at once with ``status`` ``BAD_*`` and nothing fetched. An AXI
+    Errors: a bad shape (``BAD_SHAPE``, at once), a task or layer out of range, or a weight image
+    smaller than the shape's layout (or misaligned) end the layer with ``status`` ``BAD_*`` and
+    nothing fetched. An AXI
     error lets the current compute command finish on garbage weights, then ends the layer with
     ``DMA_ERROR`` (the AXI managers' error flags are sticky until reset, so later layers report
     it too until the engine is reset); a command the compute unit refuses ends it with
@@ -443,6 +509,10 @@ class MoELayer(wiring.Component):
 
     Members
     -------
+    shape : In(config.shape_layout), init ``config.max_shape``
+        The layer's MoE shape (:data:`SHAPE_FIELDS`: tokens N, ``dim`` D, ``hidden`` Hd,
+        ``num_experts`` E, ``k``, ``num_tasks``, ``num_layers``), each at most the
+        configuration's, none zero, ``k ≤ num_experts``; latched at ``start``.
     start : In(1)
         Pulse: run one layer with the arguments below (ignored while ``busy``).
     task, layer : In(8)
@@ -514,10 +584,12 @@ class MoELayer(wiring.Component):
                               max_burst_beats=cfg.max_burst_beats,
                               max_outstanding=cfg.max_outstanding, read_words=cfg.read_words)
         self._feeder = _Feeder(cfg)
+        self._geometry = Geometry(cfg.layout)
         aw = cfg.addr_width
         abuf_addr = unsigned(c.addr_bits)
         bus_sig = AXI4Signature(addr_width=aw, data_width=cfg.data_width, id_width=1)
         members = {
+            "shape": In(cfg.shape_layout, init=cfg.max_shape),
             "start": In(1),
             "task": In(8),
             "layer": In(8),
@@ -627,10 +699,22 @@ class MoELayer(wiring.Component):
         nx = cfg.numerics
         c = cfg.compute
         a = c.array
-        E, K, N = cfg.num_experts, cfg.k, cfg.tokens
+        Emax, Kmax, Nmax = cfg.num_experts, cfg.k, cfg.tokens
         L = a.buffer_lanes
         B = nx.softmax_lanes
-        Wd, We = cfg.row_words, cfg.logit_words
+
+        # The layer's shape, latched at start (the maxima until then), and what follows from it.
+        shp = Signal(cfg.shape_layout, init=cfg.max_shape)
+        E, K, N = shp.num_experts, shp.k, shp.tokens
+        Wd = Signal(range(cfg.row_words + 1))          # abuf words of a token row (D)
+        Hw = Signal(range(cfg.hidden_words + 1))       # … of a hidden row (Hd)
+        We = Signal(range(cfg.logit_words + 1))        # … of a row of router logits (E)
+        m.d.comb += [Wd.eq(_cdiv(shp.dim, L)), Hw.eq(_cdiv(shp.hidden, L)),
+                     We.eq(_cdiv(E, L))]
+
+        m.submodules.geometry = geom = self._geometry
+        for name in ("num_layers", "num_tasks", "num_experts", "dim", "hidden"):
+            m.d.comb += getattr(geom.shape, name).eq(getattr(shp, name))
 
         m.submodules.cu = cu = self._cu
         m.submodules.softmax = sm = self._softmax
@@ -641,6 +725,12 @@ class MoELayer(wiring.Component):
 
         for p in range(cfg.ports):
             connect(m, flipped(getattr(self, f"bus{p}")), getattr(dma, f"bus{p}"))
+        m.d.comb += [
+            dma.geometry.eq(geom.geometry),
+            fd.dim.eq(shp.dim), fd.hidden.eq(shp.hidden), fd.num_experts.eq(E),
+            topk.n_experts.eq(E),
+            ro.n_tokens.eq(N), ro.n_experts.eq(E), ro.top_k.eq(K),
+        ]
 
         # Feeder ↔ DMA and compute unit.
         connect(m, fd.w, cu.w)
@@ -666,7 +756,8 @@ class MoELayer(wiring.Component):
 
         # Reorder's used experts go to the DMA (which stores the list) and to the sequencer's
         # queue; both take them at once.
-        m.submodules.experts_q = eq = Queue(expert_entry_layout(E, K, N), E, buffered=False)
+        m.submodules.experts_q = eq = Queue(expert_entry_layout(Emax, Kmax, Nmax), Emax,
+                                            buffered=False)
         m.d.comb += [
             eq.i.payload.eq(ro.experts.payload),
             eq.i.valid.eq(ro.experts.valid),
@@ -678,19 +769,27 @@ class MoELayer(wiring.Component):
         # -- arguments ------------------------------------------------------------------------
         task_q = Signal(8)
         layer_q = Signal(8)
+        ibase = Signal.like(self.image_base)
+        ibytes = Signal.like(self.image_bytes)
         ubase = Signal.like(self.u_base)
         xbase = Signal.like(self.x_base)
         sbase = Signal.like(self.scratch_base)
-        lay = cfg.layout
-        bad_task = self.task >= cfg.num_tasks
-        bad_layer = self.layer >= cfg.num_layers
-        bad_image = ((self.image_bytes < lay.total_bytes) | (self.image_base[:12] != 0) |
-                     (self.image_base + lay.total_bytes > (1 << cfg.addr_width)))
+        hbase = Signal.like(self.scratch_base)       # the hidden rows: sbase + N·We
+        ins = self.shape
+        bad_shape = (Cat(*(getattr(ins, name) == 0 for name in SHAPE_FIELDS)).any() |
+                     Cat(*(getattr(ins, name) > getattr(cfg, name)
+                           for name in SHAPE_FIELDS)).any() |
+                     (ins.k > ins.num_experts))
+        total = geom.geometry.total_bytes
+        bad_task = task_q >= shp.num_tasks
+        bad_layer = layer_q >= shp.num_layers
+        bad_image = ((ibytes < total) | (ibase[:12] != 0) |
+                     (ibase + total > (1 << cfg.addr_width)))
         m.d.comb += [
-            dma.image_base.eq(self.image_base),
-            dma.image_bytes.eq(self.image_bytes),
-            dma.layer.eq(self.layer),
-            dma.task.eq(self.task),
+            dma.image_base.eq(ibase),
+            dma.image_bytes.eq(ibytes),
+            dma.layer.eq(layer_q),
+            dma.task.eq(task_q),
         ]
 
         # -- the compute unit's command and ext port --------------------------------------------
@@ -701,14 +800,14 @@ class MoELayer(wiring.Component):
         with m.If(cu.cmd.ready & cmd_valid):
             m.d.sync += cmd_valid.eq(0)
 
-        def issue(const, m_rows, x_addr, y_addr):
-            """Statements that offer one command (held until the compute unit takes it)."""
+        def issue(const, m_rows, x_addr, y_addr, **shape):
+            """Statements that offer one command (held until the compute unit takes it):
+            ``const``'s fields, with the rows, addresses and ``shape`` (K, N and the strides of
+            the layer's shape) given at run time."""
             stmts = [cmd_valid.eq(1)]
+            runtime = dict(m=m_rows, x_base=x_addr, y_base=y_addr, **shape)
             for name, value in const.items():
-                if name in ("m", "x_base", "y_base"):
-                    continue
-                stmts.append(getattr(cmd, name).eq(value))
-            stmts += [cmd.m.eq(m_rows), cmd.x_base.eq(x_addr), cmd.y_base.eq(y_addr)]
+                stmts.append(getattr(cmd, name).eq(runtime.get(name, value)))
             return stmts
 
         ext_raddr = Signal.like(cu.ext.r_addr)
@@ -725,7 +824,7 @@ class MoELayer(wiring.Component):
         r_data = cu.ext.r_data
 
         # -- counters -------------------------------------------------------------------------
-        job = Signal(range(E + 1))
+        job = Signal(range(Emax + 1))
         m.d.comb += [
             dma.job.eq(job),
             fd.job.eq(job),
@@ -754,13 +853,11 @@ class MoELayer(wiring.Component):
             lq.i.payload.data.eq(r_data),
             lq.i.payload.last.eq(rd_last_q),
         ]
-        beats_per_row = -(-E // B)
         sp = sm.i.payload
         m.d.comb += [sp.scale.eq(self._router_scale), sp.fmt.eq(self._logit_fmt)]
-        beat = Signal(range(beats_per_row + 1))
-        tail = E - (beats_per_row - 1) * B
-        last_beat = beat == beats_per_row - 1
-        m.d.comb += [sp.last.eq(last_beat), sp.count.eq(Mux(last_beat, tail, B))]
+        beat = Signal(range(-(-Emax // B) + 1))
+        last_beat = (beat + 1) * B >= E
+        m.d.comb += [sp.last.eq(last_beat), sp.count.eq(Mux(last_beat, E - beat * B, B))]
         with m.If(sm.i.valid & sm.i.ready):
             m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
         iw = sm.config.in_width
@@ -798,9 +895,10 @@ class MoELayer(wiring.Component):
                     m.d.sync += [pos.eq(0), full.eq(1)]
 
         # -- the sequencer --------------------------------------------------------------------
-        cur = Signal(expert_entry_layout(E, K, N))
-        r_row = Signal(range(N + 1))       # readout: row and word being read
-        r_word = Signal(range(We + 1))
+        cur = Signal(expert_entry_layout(Emax, Kmax, Nmax))
+        r_row = Signal(range(Nmax + 1))    # readout: row and word being read
+        r_word = Signal(range(cfg.logit_words + 1))
+        setup = Signal(range(geom.latency + 1))
         rd_base = Signal.like(ext_raddr)
         err_status = Signal(Status)
         m.d.comb += eq.o.ready.eq(0)
@@ -824,7 +922,7 @@ class MoELayer(wiring.Component):
         f_go_scores = Signal()
         f_scores = Signal()
         f_active = Signal()
-        f_idx = Signal(range(N + 1))
+        f_idx = Signal(range(Nmax + 1))
         f_issue = Signal()
         f_issue_q = Signal()
         m.d.sync += f_issue_q.eq(f_issue)
@@ -863,26 +961,44 @@ class MoELayer(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [
                         task_q.eq(self.task), layer_q.eq(self.layer),
+                        ibase.eq(self.image_base), ibytes.eq(self.image_bytes),
                         ubase.eq(self.u_base), xbase.eq(self.x_base),
                         sbase.eq(self.scratch_base),
                         self.cycles.eq(0), self.first_stall_cycles.eq(0),
                         self.router_wait_cycles.eq(0), self.route_cycles.eq(0),
-                        self.done.eq(0), job.eq(0),
+                        self.done.eq(0), job.eq(0), setup.eq(0),
                     ]
-                    with m.If(bad_task):
-                        m.d.sync += [self.status.eq(Status.BAD_TASK), self.done.eq(1)]
-                    with m.Elif(bad_layer):
-                        m.d.sync += [self.status.eq(Status.BAD_LAYER), self.done.eq(1)]
-                    with m.Elif(bad_image):
-                        m.d.sync += [self.status.eq(Status.BAD_IMAGE), self.done.eq(1)]
+                    with m.If(bad_shape):
+                        m.d.sync += [self.status.eq(Status.BAD_SHAPE), self.done.eq(1)]
                     with m.Else():
-                        m.d.comb += [dma.start.eq(1), ro.start.eq(1)]
-                        m.d.sync += running.eq(1)
-                        m.next = "LOGITS"
+                        m.d.sync += [shp.eq(self.shape), running.eq(1)]
+                        m.next = "SETUP"
+
+            with m.State("SETUP"):
+                # The image geometry of the shape (Geometry's pipeline), then the arguments
+                # are checked against it.
+                m.d.sync += [setup.eq(setup + 1), hbase.eq(sbase + N * We)]
+                with m.If(setup == geom.latency - 1):
+                    m.next = "CHECK"
+
+            with m.State("CHECK"):
+                with m.If(bad_task | bad_layer | bad_image):
+                    m.d.sync += [self.done.eq(1), running.eq(0)]
+                    m.next = "IDLE"
+                    with m.If(bad_task):
+                        m.d.sync += self.status.eq(Status.BAD_TASK)
+                    with m.Elif(bad_layer):
+                        m.d.sync += self.status.eq(Status.BAD_LAYER)
+                    with m.Else():
+                        m.d.sync += self.status.eq(Status.BAD_IMAGE)
+                with m.Else():
+                    m.d.comb += [dma.start.eq(1), ro.start.eq(1)]
+                    m.next = "LOGITS"
 
             with m.State("LOGITS"):
                 # One product over all N tokens; the router weights stream from the DMA.
-                m.d.sync += issue(cmd_logits, N, ubase, sbase + cfg.logits_offset)
+                m.d.sync += issue(cmd_logits, N, ubase, sbase + cfg.logits_offset, k=shp.dim,
+                                  n=E, x_stride=Wd, y_stride=We)
                 m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.ROUTER)]
                 m.next = "LOGITS_RUN"
 
@@ -916,7 +1032,8 @@ class MoELayer(wiring.Component):
 
             with m.State("FC1"):
                 # X rows gathered from u at the tokens' offsets; H contiguous in the scratch.
-                m.d.sync += issue(cmd_fc1, cur.count, ubase, sbase + cfg.hidden_offset)
+                m.d.sync += issue(cmd_fc1, cur.count, ubase, hbase, k=shp.dim, n=shp.hidden,
+                                  x_stride=Wd, y_stride=Hw)
                 m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC1), f_go.eq(1)]
                 m.next = "FC1_RUN"
 
@@ -926,7 +1043,8 @@ class MoELayer(wiring.Component):
             with m.State("FC2"):
                 # Output rows scaled by the scores and added into x at the tokens' offsets.
                 # FC1 is done with its weights: the DMA may fetch job + 2's fc1 parts.
-                m.d.sync += issue(cmd_fc2, cur.count, sbase + cfg.hidden_offset, xbase)
+                m.d.sync += issue(cmd_fc2, cur.count, hbase, xbase, k=shp.hidden, n=shp.dim,
+                                  x_stride=Hw, y_stride=Wd)
                 m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC2), f_go.eq(1),
                              f_go_scores.eq(1), dma.release_fc1.eq(1)]
                 m.next = "FC2_RUN"

@@ -171,8 +171,12 @@ BASE = 0x100000      # byte address of the weight image in the simulated DDR
 def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, jitter=16,
                    bytes_per_cycle=16.0, seed=0, prior_task=None, image_bytes=None,
                    slverr=None, p_addr_stall=0.0, vcd_path=None, always_vcd=False,
-                   deadline_cycles=None):
+                   deadline_cycles=None, engine=None):
     """Simulate one MoE layer of ``qm`` on :class:`hdl.moe.layer.MoELayer`.
+
+    The engine is built for ``qm``'s model, or with ``engine`` (a
+    :class:`~hdl.moe.layer.MoELayerConfig` on ``compute``) for a larger shape, and told the
+    model's at run time.
 
     The packed weight image sits in one :class:`sim.ddr.DDRModel` per AXI port (latency,
     random jitter and ``bytes_per_cycle`` per port), every port is watched by an
@@ -184,7 +188,7 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
     Returns a dict: ``x`` (the result), the engine's counters (``cycles``, ``stall_cycles``,
     ``first_stall_cycles``, ``router_wait_cycles``, ``route_cycles``, ``bytes_fetched``,
     ``router_bytes``, ``n_used``), ``status`` (a :class:`hdl.moe.layer.Status`), ``bursts``
-    (every AR burst on every port), ``ddr`` (the models' statistics), ``config`` (the
+    (every AR burst on every port), ``ddr`` (the models' statistics), ``config`` (the model's
     :class:`MoELayerConfig`), ``dut`` and ``index`` (the image index); and ``prior`` (the
     first run's ``x`` and counters) with ``prior_task``.
     """
@@ -198,8 +202,13 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
 
     cfg = qm.cfg
     lc = MoELayerConfig.for_model(cfg, compute, ports=ports)
+    if engine is None:
+        engine = lc
+    elif not isinstance(engine, MoELayerConfig) or engine.compute != compute:
+        raise ValueError("engine must be a MoELayerConfig on the same compute configuration")
+    shape = engine.check_model(cfg)
     image, index = pack(qm, lc.data_width, order=lc.order)
-    dut = MoELayer(lc)
+    dut = MoELayer(engine)
     a = compute.array
     L, ew = a.buffer_lanes, a.elem_bits
     N, D = cfg.tokens, cfg.dim
@@ -244,6 +253,7 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
 
     async def run_layer(ctx, t):
         await write_words(ctx, x_base, x_words)
+        ctx.set(dut.shape, shape)
         ctx.set(dut.task, t)
         ctx.set(dut.layer, layer)
         ctx.set(dut.image_base, BASE)
