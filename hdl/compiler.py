@@ -39,7 +39,11 @@ Activation buffer plan
 shared region after them holds, in turn, the patches (patch embedding), two score areas with
 ``qkv`` between them + the attention output (attention; the second score area in another bank
 of the buffer than the first when there is room), the hidden layer (dense MLP) and the MoE
-engine's scratch area. The softmax works in place on the scores. Heads use the two score
+engine's scratch area. Heads are addressed by word: when the head width is not a multiple of
+``L`` (micro's 16 on the ZCU104's 32 lanes), each head of ``q``, ``k``, ``v`` and of the
+attention output is padded to whole words (``head_words``): the compiler inserts zero rows
+into the ``qkv`` weights and bias and zero columns into the projection's weights, which leaves
+every result bit-exact (a zero weight adds nothing to an exact integer sum). The softmax works in place on the scores. Heads use the two score
 areas in turn, so that the softmax of one head runs beside the attention products of its
 neighbours (docs/program.md, "The program of one frame").
 
@@ -107,8 +111,11 @@ class AbufPlan:
         Bases inside the shared region.
     scores : tuple of int
         The two score areas (head ``h`` uses ``scores[h % 2]``).
-    row_words, qkv_words, score_words, hidden_words, patch_words : int
+    row_words, qkv_words, score_words, hidden_words, patch_words, attn_words : int
         Words per row of each matrix.
+    head_words : int
+        Words of one head in a row of ``qkv`` and of the attention output (a head starts on a
+        word; ``ceil(head_dim / L)``).
     words : int
         Words used in all.
     """
@@ -129,6 +136,8 @@ class AbufPlan:
     hidden_words: int
     patch_words: int
     words: int
+    head_words: int = 0
+    attn_words: int = 0
 
 
 @dataclass
@@ -295,13 +304,13 @@ def _check_fit(cfg, config):
     L = config.lanes
     n, d, p = cfg.tokens, cfg.dim, cfg.num_patches
     mdl = config.model
-    if cfg.dim % L or cfg.head_dim % L:
-        raise ValueError(f"{cfg.name}: the embedding width ({d}) and the head width "
-                         f"({cfg.head_dim}) must be multiples of the activation buffer's {L} "
-                         f"lanes (heads are addressed by word)")
-    products = [("patch embedding", p, cfg.patch_dim, d), ("qkv", n, d, 3 * d),
+    if cfg.dim % L:
+        raise ValueError(f"{cfg.name}: the embedding width ({d}) must be a multiple of the "
+                         f"activation buffer's {L} lanes")
+    hp = cfg.heads * _round_up(cfg.head_dim, L)        # a row of q (k, v) with heads padded
+    products = [("patch embedding", p, cfg.patch_dim, d), ("qkv", n, d, 3 * hp),
                 ("attention scores", n, cfg.head_dim, n), ("attention output", n, n, cfg.head_dim),
-                ("projection", n, d, d), ("fc1", n, d, cfg.mlp_hidden),
+                ("projection", n, hp, d), ("fc1", n, d, cfg.mlp_hidden),
                 ("fc2", n, cfg.mlp_hidden, d)]
     for what, m_, k_, n_ in products:
         for name, v, hi in (("M", m_, c.max_m), ("K", k_, c.max_k), ("N", n_, c.max_n)):
@@ -341,7 +350,9 @@ def _plan(cfg, config):
     c = config.compute
     L = config.lanes
     n, d = cfg.tokens, cfg.dim
-    wd, wq, ws = _ceil(d, L), _ceil(3 * d, L), _ceil(n, L)
+    hw = _ceil(cfg.head_dim, L)                 # words of a head (padded to whole words)
+    wa = cfg.heads * hw                         # a row of q, k, v or the attention output
+    wd, wq, ws = _ceil(d, L), 3 * wa, _ceil(n, L)
     wh, wp = _ceil(cfg.mlp_hidden, L), _ceil(cfg.patch_dim, L)
     x, u = 0, n * wd
     shared = 2 * n * wd
@@ -354,10 +365,10 @@ def _plan(cfg, config):
     bank = c.abuf_bank_depth
     apart = ((scores0 + n * ws - 1) // bank + 1) * bank
     if scores1 // bank <= (scores0 + n * ws - 1) // bank \
-            and apart + n * (ws + wd) <= c.abuf_depth:
+            and apart + n * (ws + wa) <= c.abuf_depth:
         scores1 = apart
     attn = scores1 + n * ws
-    attn_end = attn + n * wd
+    attn_end = attn + n * wa
     scratch_words = _moe_config(cfg, config).scratch_words if cfg.moe_blocks else 0
     size = max(cfg.num_patches * wp, attn_end - shared, n * wh, scratch_words)
     words = shared + size
@@ -370,7 +381,8 @@ def _plan(cfg, config):
     return AbufPlan(lanes=L, x=x, u=u, shared=shared, qkv=qkv,
                     scores=(scores0, scores1), attn=attn,
                     hidden=shared, patches=shared, scratch=shared, row_words=wd, qkv_words=wq,
-                    score_words=ws, hidden_words=wh, patch_words=wp, words=words)
+                    score_words=ws, hidden_words=wh, patch_words=wp, words=words,
+                    head_words=hw, attn_words=wa)
 
 
 def compile_model(qm, config):
@@ -452,11 +464,28 @@ def compile_model(qm, config):
     sm_scale = softmax_scale_int(hd ** -0.5, nx)
     moe_layer = 0
     moe_shape = config.moe.check_model(cfg) if cfg.moe_blocks else {}
+    hw, H = plan.head_words, cfg.heads
+    hp = hw * L                                 # a head's elements, padded to whole words
+
+    def pad_heads(w, axis):
+        """``w`` with each head's ``hd`` rows (``axis`` 0: the 3·H heads of qkv's outputs) or
+        columns (``axis`` 1: the H heads of the projection's inputs) moved to ``h·hp``, zeros
+        between."""
+        w = np.asarray(w)
+        if hp == hd:
+            return w
+        w = np.moveaxis(w, axis, 0)
+        out = np.zeros((w.shape[0] // hd * hp,) + w.shape[1:], dtype=w.dtype)
+        for j in range(w.shape[0] // hd):
+            out[j * hp:j * hp + hd] = w[j * hd:(j + 1) * hd]
+        return np.moveaxis(out, 0, axis)
+
     for i in range(cfg.depth):
         b = f"blocks.{i}."
         prog.block = f"block{i}"
         layernorm(b + "ln1", plan.x, plan.u)
-        dense(qm[b + "qkv_w"], qm[b + "qkv_b"], b + "qkv", m=n, x_fmt=nx.ln_out,
+        dense(pad_heads(qm[b + "qkv_w"], 0), pad_heads(qm[b + "qkv_b"], 0), b + "qkv", m=n,
+              x_fmt=nx.ln_out,
               w_fmt=nx.weight, out_fmt=nx.qkv, x_base=plan.u, x_stride=plan.row_words,
               y_base=plan.qkv, y_stride=plan.qkv_words)
         # Heads overlap, two score areas in turn: Q·Kᵀ of head h runs beside the softmax of
@@ -465,15 +494,14 @@ def compile_model(qm, config):
         def attention_out(h, flags=0):
             matmul(n, n, hd, x_fmt=nx.prob, w_fmt=nx.qkv, out_fmt=nx.act,
                    x_base=plan.scores[h % 2], x_stride=plan.score_words,
-                   w_base=plan.qkv + 2 * d // L + h * hd // L, w_stride=plan.qkv_words,
-                   y_base=plan.attn + h * hd // L, y_stride=plan.row_words,
+                   w_base=plan.qkv + (2 * H + h) * hw, w_stride=plan.qkv_words,
+                   y_base=plan.attn + h * hw, y_stride=plan.attn_words,
                    flags=MatmulFlags.W_FROM_ABUF | MatmulFlags.W_TRANSPOSED | flags)
 
         for h in range(cfg.heads):
-            col = h * hd // L
             matmul(n, hd, n, x_fmt=nx.qkv, w_fmt=nx.qkv, out_fmt=nx.score,
-                   x_base=plan.qkv + col, x_stride=plan.qkv_words,
-                   w_base=plan.qkv + d // L + col, w_stride=plan.qkv_words,
+                   x_base=plan.qkv + h * hw, x_stride=plan.qkv_words,
+                   w_base=plan.qkv + (H + h) * hw, w_stride=plan.qkv_words,
                    y_base=plan.scores[h % 2], y_stride=plan.score_words,
                    flags=MatmulFlags.W_FROM_ABUF)
             prog.emit(Opcode.SOFTMAX, rows=n, n=n, scale=sm_scale, fmt=sm_fmt,
@@ -482,8 +510,8 @@ def compile_model(qm, config):
             if h:
                 attention_out(h - 1)
         attention_out(cfg.heads - 1, MatmulFlags.WAIT_SOFTMAX)
-        dense(qm[b + "proj_w"], qm[b + "proj_b"], b + "proj", m=n, x_fmt=nx.act,
-              w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.attn, x_stride=plan.row_words,
+        dense(pad_heads(qm[b + "proj_w"], 1), qm[b + "proj_b"], b + "proj", m=n, x_fmt=nx.act,
+              w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.attn, x_stride=plan.attn_words,
               y_base=plan.x, y_stride=plan.row_words, flags=MatmulFlags.ACCUMULATE)
         layernorm(b + "ln2", plan.x, plan.u)
         if cfg.is_moe(i):

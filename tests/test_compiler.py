@@ -2,6 +2,7 @@
 """Tests of hdl/isa.py and hdl/compiler.py: the program format, the weight image, and the
 compiled program executed by the functional model (sim/program_model.py) against the twin."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from golden import qref
-from golden.config import get_config
+from golden.config import ModelConfig, get_config
 from golden.fixed import quantize
 from golden.numerics import DEFAULT_NUMERICS
 from golden.twin import QuantizedModel, twin_forward
@@ -212,6 +213,41 @@ def test_micro_frames_on_the_functional_model(seed):
         assert np.array_equal(mem.run(pm, img, task), twin_forward(qm, img, task))
 
 
+#: A model smaller than micro in every MoE field (and with one head of 16): it runs on the
+#: configurations built for micro and for m3vit-tiny.
+NANO = ModelConfig(name="nano", img_h=32, img_w=16, dim=16, depth=2, heads=1, mlp_hidden=32,
+                   num_experts=3, top_k=1, expert_hidden=16, num_tasks=1)
+
+
+@pytest.mark.parametrize("accel, models", [
+    ("small", [MICRO, NANO, MICRO]),
+    # Heads of 16 on 32 lanes: padded to a word each (zero weights between).
+    ("zcu104", [MICRO, dataclasses.replace(MICRO, name="micro-h1", heads=1)]),
+])
+def test_models_share_one_configuration(accel, models):
+    """Models of different shapes (MoE shape included) compiled for one configuration, run one
+    after the other on one functional model, each equal to its twin."""
+    pm = ProgramModel(get_accel_config(accel))
+    for i, cfg in enumerate(models):
+        qm = random_model(cfg, i)
+        cm = compile_model(qm, accel)
+        mem = Memory(cm)
+        for task in range(cfg.num_tasks):
+            img = random_image(cfg, 7 * i + task)
+            assert np.array_equal(mem.run(pm, img, task), twin_forward(qm, img, task)), \
+                (cfg.name, task)
+
+
+def test_padded_heads_plan():
+    """micro on the ZCU104's 32 lanes: each head of q, k, v and of the attention output takes
+    a whole word; m3vit-tiny's heads of 64 need no padding (its program is unchanged)."""
+    cm = compile_model(random_model(MICRO, 0), "zcu104")
+    assert (cm.plan.head_words, cm.plan.attn_words, cm.plan.qkv_words) == (1, 2, 6)
+    assert cm.plan.row_words == 1
+    tiny = get_config("m3vit-tiny")
+    assert (-(-tiny.head_dim // 32) * tiny.heads, 3 * tiny.dim // 32) == (6, 18)
+
+
 def test_functional_model_checks():
     qm = random_model(MICRO, 2)
     cm = compile_model(qm, SMALL)
@@ -242,10 +278,10 @@ def test_functional_model_checks():
 
 
 def test_refusals():
-    import dataclasses
     qm = random_model(MICRO, 3)
-    with pytest.raises(ValueError, match="multiples of the activation buffer's 32 lanes"):
-        compile_model(qm, "zcu104")
+    with pytest.raises(ValueError, match="nano: the embedding width \\(16\\) must be a multiple "
+                                         "of the activation buffer's 32 lanes"):
+        compile_model(random_model(NANO, 0), "zcu104")
     other = dataclasses.replace(MICRO, name="micro-e8", num_experts=8)
     with pytest.raises(ValueError, match="the MoE blocks of micro-e8 do not fit this MoE "
                                          "engine: num_experts 8 > 4 \\(its largest shape is "
