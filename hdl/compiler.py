@@ -338,14 +338,6 @@ def _check_fit(cfg, config):
         raise ValueError(f"{cfg.name} has {cfg.num_tasks} tasks; at most 255 are supported")
 
 
-def _moe_config(cfg, config):
-    """The :class:`~hdl.moe.layer.MoELayerConfig` of ``cfg``'s own MoE shape on ``config``'s
-    compute unit (its activation-buffer plan: row words, scratch)."""
-    from .moe.layer import MoELayerConfig
-    return MoELayerConfig.for_model(cfg, config.compute, data_width=config.axi_data_width,
-                                    ports=config.moe_ports)
-
-
 def _plan(cfg, config):
     c = config.compute
     L = config.lanes
@@ -369,7 +361,7 @@ def _plan(cfg, config):
         scores1 = apart
     attn = scores1 + n * ws
     attn_end = attn + n * wa
-    scratch_words = _moe_config(cfg, config).scratch_words if cfg.moe_blocks else 0
+    scratch_words = config.moe_for(cfg).scratch_words if cfg.moe_blocks else 0
     size = max(cfg.num_patches * wp, attn_end - shared, n * wh, scratch_words)
     words = shared + size
     if words > c.abuf_depth:

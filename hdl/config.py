@@ -10,7 +10,7 @@ register map (:attr:`AccelConfig.regmap`). Presets:
     The ZCU104 build: a 32 × 32 array (1024 DSP48E2 MACs), an 8192-word activation buffer that
     holds every token matrix of m3vit-tiny on chip, four 128-bit AXI masters (one per PS HP
     port; the parameter stream reads ports 1 and 2 at once, 32 bytes per cycle), 300 MHz. The
-    MoE engine is built for m3vit-tiny's MoE blocks.
+    MoE engine is built for m3vit-tiny's MoE blocks and runs any smaller MoE shape (micro's).
 ``"small"``
     A 16 × 4 array (tall, so that the patch embedding's few rows are not weight-load bound),
     maxima that cover the ``micro`` model, two AXI masters: a whole micro frame in the
@@ -57,9 +57,11 @@ class AccelConfig:
         The compute unit (array, maxima, activation buffer, GELU). Its array sides must be
         powers of two (the MoE engine), its elements 16 bits wide, and it must have the GELU.
     model : str or golden.config.ModelConfig
-        The model whose MoE blocks the MoE layer engine is built for (its token count, widths,
-        experts and tasks are constants of :class:`hdl.moe.layer.MoELayer`). Dense layers,
-        attention and LayerNorm are programmed at run time within the maxima.
+        The model whose MoE blocks set the MoE layer engine's maxima (token count, widths,
+        experts, top-k, tasks, MoE blocks: :class:`hdl.moe.layer.MoELayerConfig`); a model whose
+        MoE shape lies within them runs on the same hardware (the ``MOE`` instruction carries
+        its shape). Dense layers, attention and LayerNorm are programmed at run time within the
+        compute unit's maxima.
     ln_lanes : int
         Elements per cycle of the LayerNorm unit (a power of two, at least 4).
     ln_max_len : int or None
@@ -228,6 +230,18 @@ class AccelConfig:
         while p * 2 <= self.axi_ports:
             p *= 2
         return p
+
+    def moe_for(self, cfg):
+        """The :class:`~hdl.moe.layer.MoELayerConfig` of a model's own MoE shape on this
+        configuration's compute unit and ports (the engine is :attr:`moe`, built for the
+        largest; this one sizes the model's image, buffer rows and cycle formulas). Raises
+        ``ValueError`` when the shape is not within :attr:`moe`'s."""
+        from .moe.layer import MoELayerConfig
+        self.moe.check_model(cfg)
+        return MoELayerConfig.for_model(cfg, self.compute, data_width=self.axi_data_width,
+                                        ports=self.moe_ports, addr_width=self.axi_addr_width,
+                                        max_burst_beats=self.max_burst_beats,
+                                        max_outstanding=self.max_outstanding)
 
     @property
     def load_ports(self):

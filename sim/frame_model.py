@@ -133,9 +133,11 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
     if counts is None and cfg.moe_blocks:
         per = cfg.tokens * cfg.top_k / cfg.num_experts
         counts = [[max(1, round(per))] * cfg.num_experts for _ in cfg.moe_blocks]
-    moe_engine = MoELayer(c.moe) if cfg.moe_blocks else None
+    # The engine's cycle formulas and image layout at the model's own MoE shape.
+    mc = c.moe_for(cfg) if cfg.moe_blocks else None
+    moe_engine = MoELayer(mc) if cfg.moe_blocks else None
     unelaborated(cu, moe_engine)      # built for their cycle formulas only
-    lay = c.moe.layout if cfg.moe_blocks else None
+    lay = mc.layout if cfg.moe_blocks else None
 
     sm_end = 0          # when the softmax engine is done (frame cycles)
     sm_wait = 0         # the current instruction's wait for it
@@ -188,13 +190,12 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             sm_end = est.cycles + overhead + f["rows"] * max(words, beats) + sm_lat
             add(op.name, 0, 0, 0)
         elif op == Opcode.MOE:
-            mc = c.moe
             layer_counts = counts[f["layer"]]
             router = lay.bytes_for_router()
             expert = lay.bytes_for_expert()
             logits = cu.cycles(cfg.tokens, cfg.dim, cfg.num_experts)
-            route = (latency + router / moe_bw + logits + cfg.tokens * mc.logit_words
-                     + sm_lat + 2 * cfg.num_experts)
+            route = (moe_engine.setup_cycles + latency + router / moe_bw + logits
+                     + cfg.tokens * mc.logit_words + sm_lat + 2 * cfg.num_experts)
             # Experts in order: job j's fc1 parts are fetched when the DMA is free and job
             # j−2's FC1 is done, its fc2 parts when job j−2 is released; its products are fed
             # while its weights arrive, so it ends at the later of its own compute time and its

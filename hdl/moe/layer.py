@@ -671,6 +671,12 @@ class MoELayer(wiring.Component):
         cfg = self._config
         return self._cmd_cycles(n_tok, cfg.hidden, cfg.dim, bias=True, row_scale=True)
 
+    @property
+    def setup_cycles(self):
+        """Cycles from ``start`` to the DMA's start: the image geometry of the shape
+        (:class:`~hdl.moe.geometry.Geometry`'s latency) and the argument checks."""
+        return self._geometry.latency + 1
+
     def expert_cycles(self, n_tok):
         """Engine cycles of one expert with ``n_tok`` tokens when weights never stall: fc1 and
         fc2 with the command hand-overs."""
