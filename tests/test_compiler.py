@@ -275,6 +275,18 @@ def test_functional_model_checks():
     with pytest.raises(ProgramFault, match="bad MATMUL") as info:
         mem.run(pm, img, 0)
     assert info.value.code == ErrorCode.PROGRAM_ERROR
+    mem.write(mem.p + at, prog[at:at + isa.INSTR_BYTES])
+    # A MOE shape above the engine's maxima, or a bad one.
+    at = next(i for i in range(isa.HEADER_BYTES, len(prog), isa.INSTR_BYTES)
+              if isa.decode(prog[i:i + isa.INSTR_BYTES])[0] == Opcode.MOE)
+    op, f = isa.decode(prog[at:at + isa.INSTR_BYTES])
+    for change, what in (({"dim": 48}, "above the engine's maxima: dim"),
+                         ({"k": 5}, "above the engine's maxima: k"),
+                         ({"k": 0}, "bad MOE shape")):
+        mem.write(mem.p + at, isa.encode(op, **{**f, **change}))
+        with pytest.raises(ProgramFault, match=what) as info:
+            mem.run(pm, img, 0)
+        assert info.value.code == ErrorCode.PROGRAM_ERROR
 
 
 def test_refusals():

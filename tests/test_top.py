@@ -209,6 +209,16 @@ def test_errors_reset_and_recovery(micro3):
     bad[at:at + isa.INSTR_BYTES] = isa.encode(op, **{**f, "flags": f["flags"] | 0x80})
     be.ddr_write(alt, bytes(bad))
     run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt)
+    # A MOE whose shape is above the engine's maxima (10 experts of 4 at most: its low three
+    # bits, 2, would be a valid shape), or has k = 0.
+    at = next(i for i in range(isa.HEADER_BYTES, len(cm.program), isa.INSTR_BYTES)
+              if isa.decode(cm.program[i:i + isa.INSTR_BYTES])[0] == isa.Opcode.MOE)
+    op, f = isa.decode(cm.program[at:at + isa.INSTR_BYTES])
+    for change in ({"num_experts": 10}, {"k": 0}):
+        bad = bytearray(cm.program)
+        bad[at:at + isa.INSTR_BYTES] = isa.encode(op, **{**f, **change})
+        be.ddr_write(alt, bytes(bad))
+        run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt)
     # A program that stops before END.
     be.ddr_write(alt, cm.program[:3 * isa.INSTR_BYTES])
     run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt, program_len=3 * isa.INSTR_BYTES)
