@@ -38,7 +38,9 @@ def shape_of(layout):
 
 
 def _ceil_div(value, div):
-    """``ceil(value / div)`` for a power-of-two ``div``."""
+    """``ceil(value / div)`` for a power-of-two ``div``: of an ``int``, or in hardware."""
+    if isinstance(value, int):
+        return -(-value // div)
     return (value + (div - 1)) >> exact_log2(div)
 
 
@@ -179,4 +181,4 @@ class Geometry(wiring.Component):
         n, k = {"fc1_b": (lay.hidden, 0), "fc1_w": (lay.hidden, lay.dim),
                 "fc2_b": (lay.dim, 0), "fc2_w": (lay.dim, lay.hidden),
                 "router": (lay.num_experts, lay.dim)}[name]
-        return -(-n // cols) * (-(-k // rows) if k else 1)
+        return _ceil_div(n, cols) * (_ceil_div(k, rows) if k else 1)

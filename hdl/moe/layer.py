@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
-from amaranth.utils import exact_log2
 
 from golden.config import ModelConfig
 
@@ -26,7 +25,7 @@ from ..stream_util import Queue
 from ..systolic.config import ComputeConfig
 from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature, w_stream_layout
 from .dma import ROUTER, ExpertDMA, choose_ports
-from .geometry import Geometry
+from .geometry import Geometry, _ceil_div as _cdiv
 from .layout import PARTS, ImageLayout, SystolicOrder
 from .reorder import Reorder, expert_entry_layout
 from .topk import TopK, check_moe_shape
@@ -263,13 +262,6 @@ class MoELayerConfig:
         return bits // self.data_width
 
     # -- cycle model --------------------------------------------------------------------------
-
-
-def _cdiv(value, div):
-    """``ceil(value / div)`` for a power-of-two ``div``: of an ``int``, or in hardware."""
-    if isinstance(value, int):
-        return -(-value // div)
-    return (value + (div - 1)) >> exact_log2(div)
 
 
 class _Feeder(wiring.Component):
