@@ -2,8 +2,9 @@
 """The expert-weight DMA scheduler: AXI4 reads of each used expert's weights into ping-pong
 banks, prefetching expert ``e + 1`` while expert ``e`` computes.
 
-Addresses come from an :class:`~hdl.moe.layout.ImageLayout`; the image itself is produced by
-:func:`hdl.moe.layout.pack`.
+Addresses come from the geometry of an :class:`~hdl.moe.layout.ImageLayout`, given at run time
+(:func:`geometry_layout`); the buffers are sized for the largest. The image itself is produced
+by :func:`hdl.moe.layout.pack`.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned

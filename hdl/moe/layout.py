@@ -3,7 +3,8 @@
 
 Pure Python and NumPy (no Amaranth, no torch): the host driver packs a quantised model with
 :func:`pack` and hands the accelerator the image's base address and size; the hardware
-(:class:`hdl.moe.dma.ExpertDMA`) computes every address from the same :class:`ImageLayout`.
+(:class:`hdl.moe.dma.ExpertDMA`) computes every address from the same :class:`ImageLayout`'s
+geometry, which :class:`hdl.moe.geometry.Geometry` derives in hardware from the model's shape.
 
 Format
 ------
