@@ -43,9 +43,10 @@ engine's scratch area. Heads are addressed by word: when the head width is not a
 ``L`` (micro's 16 on the ZCU104's 32 lanes), each head of ``q``, ``k``, ``v`` and of the
 attention output is padded to whole words (``head_words``): the compiler inserts zero rows
 into the ``qkv`` weights and bias and zero columns into the projection's weights, which leaves
-every result bit-exact (a zero weight adds nothing to an exact integer sum). The softmax works in place on the scores. Heads use the two score
-areas in turn, so that the softmax of one head runs beside the attention products of its
-neighbours (docs/program.md, "The program of one frame").
+every result bit-exact (a zero weight adds nothing to an exact integer sum). The softmax works
+in place on the scores. Heads use the two score areas in turn, so that the softmax of one head
+runs beside the attention products of its neighbours (docs/program.md, "The program of one
+frame").
 
 Refused models
 --------------

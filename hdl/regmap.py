@@ -131,7 +131,8 @@ def accelerator_regmap(*, axi_ports, counters=DEFAULT_COUNTERS, array_rows=0, ar
     max_tokens, embed_dim : int
         Largest token count and embedding width the hardware supports (16-bit fields).
     num_experts, top_k, num_tasks : int
-        Experts per MoE layer, experts chosen per token, tasks (8-bit fields).
+        The MoE engine's maxima: experts per MoE layer, experts chosen per token, tasks (8-bit
+        fields; a model's own, within them, come with its program).
     axi_data_width : int
         Data width of the AXI masters in bits (read back in bytes, 8-bit field).
     clock_khz : int
@@ -203,12 +204,13 @@ def accelerator_regmap(*, axi_ports, counters=DEFAULT_COUNTERS, array_rows=0, ar
     ], "Configuration read-back: array size."), offset=0x040)
     rm.add(Register("hw_model", [
         _const("max_tokens", 16, max_tokens, "Largest token count per image."),
-        _const("num_experts", 8, num_experts, "Experts per MoE layer."),
-        _const("top_k", 4, top_k, "Experts chosen per token."),
+        _const("num_experts", 8, num_experts, "Most experts per MoE layer."),
+        _const("top_k", 4, top_k, "Most experts chosen per token."),
     ], "Configuration read-back: model limits."))
     rm.add(Register("hw_model2", [
         _const("embed_dim", 16, embed_dim, "Largest embedding width."),
-        _const("num_tasks", 8, num_tasks, "Number of tasks (valid TASK ids are below it)."),
+        _const("num_tasks", 8, num_tasks, "Most tasks (valid TASK ids are below it and below "
+                                          "the program header's)."),
     ], "Configuration read-back: model limits (continued)."))
     rm.add(Register("hw_axi", [
         _const("ports", 4, axi_ports, "Number of AXI4 masters."),

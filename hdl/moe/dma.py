@@ -128,8 +128,8 @@ class ExpertDMA(wiring.Component):
     Errors
     ------
     ``error`` is sticky: bad ``start`` arguments (see above) and an expert id ≥ the geometry's
-    ``num_experts`` until the next ``start``; an AXI error response or a malformed command until reset (the
-    :class:`~hdl.axi_master.AXI4ReadMaster` flags are sticky until reset).
+    ``num_experts`` until the next ``start``; an AXI error response or a malformed command until
+    reset (the :class:`~hdl.axi_master.AXI4ReadMaster` flags are sticky until reset).
     After an error no new read is issued, outstanding reads drain, and ``busy`` falls: the
     consumer must watch ``error`` instead of waiting for ``ready``.
 

@@ -268,8 +268,9 @@ class _Feeder(wiring.Component):
     """Stream one or two parts of the DMA buffers into the compute unit's ``b`` and ``w``.
 
     The parts' sizes follow the run-time shape (``dim``, ``hidden``, ``num_experts``, held while
-    the engine runs). ``go`` with ``mode`` starts: ``ROUTER`` (the router part to ``w``), ``FC1`` (``fc1_b`` to
-    ``b``, then ``fc1_w`` to ``w``) or ``FC2`` (``fc2_b``, ``fc2_w``), of job ``job``. Each read
+    the engine runs). ``go`` with ``mode`` starts: ``ROUTER`` (the router part to ``w``),
+    ``FC1`` (``fc1_b`` to ``b``, then ``fc1_w`` to ``w``) or ``FC2`` (``fc2_b``, ``fc2_w``), of
+    job ``job``. Each read
     is issued once the DMA reports its words in the buffer (``rd_avail``), so a part is fed while
     it is still arriving (``want``/``want_part`` say what is awaited); reads go through a small
     queue with credits, so ``b``/``w`` back pressure never loses data. After a DMA error the
@@ -452,8 +453,10 @@ class MoELayer(wiring.Component):
     Everything happens on chip except the weight fetch. ``u`` (the block's LN2 output, N × D in
     ``ln_out``) and ``x`` (the residual, N × D in ``act``) are token matrices in the compute
     unit's activation buffer (abuf) at word addresses ``u_base`` and ``x_base`` (one row every
-    :attr:`MoELayerConfig.row_words` words); the result replaces ``x``. The engine uses
-    :attr:`MoELayerConfig.scratch_words` words of abuf at ``scratch_base``.
+    ``ceil(D / L)`` words, ``L`` the buffer's lanes); the result replaces ``x``. The engine uses
+    ``N·(ceil(E / L) + ceil(Hd / L))`` words of abuf at ``scratch_base`` (at most
+    :attr:`MoELayerConfig.scratch_words`): the router logits, then the hidden rows. N, D, E, Hd:
+    the layer's shape.
 
     The engine is built for the largest shape (:class:`MoELayerConfig`); ``shape`` says the
     layer's, within it (the ``MOE`` instruction's fields). Schedule, after ``start``::
@@ -484,11 +487,10 @@ class MoELayer(wiring.Component):
 
     Errors: a bad shape (``BAD_SHAPE``, at once), a task or layer out of range, or a weight image
     smaller than the shape's layout (or misaligned) end the layer with ``status`` ``BAD_*`` and
-    nothing fetched. An AXI
-    error lets the current compute command finish on garbage weights, then ends the layer with
-    ``DMA_ERROR`` (the AXI managers' error flags are sticky until reset, so later layers report
-    it too until the engine is reset); a command the compute unit refuses ends it with
-    ``CU_ERROR``. The engine never waits for something an error prevents.
+    nothing fetched. An AXI error lets the current compute command finish on garbage weights,
+    then ends the layer with ``DMA_ERROR`` (the AXI managers' error flags are sticky until
+    reset, so later layers report it too until the engine is reset); a command the compute unit
+    refuses ends it with ``CU_ERROR``. The engine never waits for something an error prevents.
 
     Parameters
     ----------

@@ -62,8 +62,8 @@ class TopK(wiring.Component):
                       on the row's last beat
 
     Every stage is registered; when no row can take more than one beat (``num_experts ≤ lanes``)
-    there is no list and stage 3 writes ``o``. The only loop is the merge's, over ``2k`` items. Every stage holds while
-    ``o`` holds a routing its consumer has not taken.
+    there is no list and stage 3 writes ``o``. The only loop is the merge's, over ``2k`` items.
+    Every stage holds while ``o`` holds a routing its consumer has not taken.
 
     Parameters
     ----------
