@@ -456,7 +456,7 @@ def compile_model(qm, config):
     sm_fmt = config.softmax.in_formats.index(nx.score)
     sm_scale = softmax_scale_int(hd ** -0.5, nx)
     moe_layer = 0
-    moe_shape = config.moe.check_model(cfg) if cfg.moe_blocks else {}
+    moe_shape = config.moe.shape_of(cfg) if cfg.moe_blocks else {}   # checked by _check_fit
     hw, H = plan.head_words, cfg.heads
     hp = hw * L                                 # a head's elements, padded to whole words
 

@@ -355,20 +355,21 @@ class ExpertDMA(wiring.Component):
 
     # -- hardware ---------------------------------------------------------------------------
 
-    def _derive(self, words, port):
-        """Run-time chunk arithmetic of one part for one port, from its ``words`` (a value):
-        ``(chunks, tail, port_chunks, port_words)`` — the part's chunks and the length of its
-        last one, and the chunks and bus words ``port`` fetches."""
+    def _chunking(self, words):
+        """Run-time chunks of a part of ``words`` bus words (a value), and the length of its last
+        chunk: ``(chunks, tail)``."""
+        cw = self._chunk_words
+        return (words + (cw - 1)) >> exact_log2(cw), ((words - 1) & (cw - 1)) + 1
+
+    def _port_share(self, words, chunks, tail, port):
+        """Run-time chunks and bus words that ``port`` fetches of a part of ``words`` bus words
+        cut into ``chunks`` chunks, the last of ``tail`` words (:meth:`_chunking`)."""
         P, cw = self._ports, self._chunk_words
-        logcw, logP = exact_log2(cw), exact_log2(P)
-        chunks = (words + (cw - 1)) >> logcw
-        tail = ((words - 1) & (cw - 1)) + 1
         if P == 1:
-            return chunks, tail, Mux(words != 0, 1, 0), words
-        n = (chunks + (P - 1 - port)) >> logP
+            return Mux(words != 0, 1, 0), words
+        n = (chunks + (P - 1 - port)) >> exact_log2(P)
         owns_last = (((chunks - 1) & (P - 1)) == port) & (n != 0)
-        pw = (n << logcw) - Mux(owns_last, cw - tail, 0)
-        return chunks, tail, n, pw
+        return n, (n << exact_log2(cw)) - Mux(owns_last, cw - tail, 0)
 
     def elaborate(self, platform):
         m = Module()
@@ -439,6 +440,16 @@ class ExpertDMA(wiring.Component):
             """Job ``job``'s region of ``part`` is no longer in use by job ``job − 2``."""
             return job < (fc1_free if PARTS[part].startswith("fc1") else released) + 2
 
+        # Run-time chunks of each part and the length of its last chunk, of the latched
+        # geometry and (for the write side's first part at start) of the input.
+        chunks, tails, in_chunking = [], [], []
+        for x in range(n_parts + 1):
+            c_, t_ = self._chunking(geo.part_words[x])
+            chunks.append(Signal(range(-(-max_words[x] // cw) + 1), name=f"chunks{x}"))
+            tails.append(Signal(range(cw + 1), name=f"tail{x}"))
+            m.d.comb += [chunks[x].eq(c_), tails[x].eq(t_)]
+            in_chunking.append(self._chunking(gi.part_words[x]))
+
         # -- ports -----------------------------------------------------------------------------
         bases = self.part_bases
         wjob = []            # per port: job being written
@@ -468,21 +479,15 @@ class ExpertDMA(wiring.Component):
             my_parts = [x for x in range(n_parts) if self._port_chunks(x, p)]
             may_router = self._port_chunks(ROUTER, p) > 0
 
-            # Run-time chunk arithmetic, from the latched geometry and (at start) the input.
-            chunks, tails, n_my, pwords = [], [], [], []
+            # This port's share of each part, of the latched geometry and (at start) the input.
+            n_my, pwords, in_words = [], [], []
             for x in range(n_parts + 1):
-                c_, t_, n_, w_ = self._derive(geo.part_words[x], p)
-                sigs = [Signal(range(-(-max_words[x] // cw) + 1), name=f"chunks{p}_{x}"),
-                        Signal(range(cw + 1), name=f"tail{p}_{x}"),
-                        Signal(range(self._port_chunks(x, p) + 1), name=f"n_my{p}_{x}"),
-                        Signal(range(max(self._port_words(x, p), 1) + 1),
-                               name=f"pwords{p}_{x}")]
-                m.d.comb += [sig.eq(v) for sig, v in zip(sigs, (c_, t_, n_, w_))]
-                chunks.append(sigs[0])
-                tails.append(sigs[1])
-                n_my.append(sigs[2])
-                pwords.append(sigs[3])
-            in_words = [self._derive(gi.part_words[x], p)[3] for x in range(n_parts + 1)]
+                n_, w_ = self._port_share(geo.part_words[x], chunks[x], tails[x], p)
+                n_my.append(Signal(range(self._port_chunks(x, p) + 1), name=f"n_my{p}_{x}"))
+                pwords.append(Signal(range(max(self._port_words(x, p), 1) + 1),
+                                     name=f"pwords{p}_{x}"))
+                m.d.comb += [n_my[x].eq(n_), pwords[x].eq(w_)]
+                in_words.append(self._port_share(gi.part_words[x], *in_chunking[x], p)[1])
             has.append([pw != 0 for pw in pwords])
 
             # Command side. State: which region (router / job), part, chunk ordinal.
@@ -493,7 +498,7 @@ class ExpertDMA(wiring.Component):
             job_base = Signal(aw + 1, name=f"job_base{p}")
             cmd = master.cmd
 
-            def chunk_cmd(part, region_base, chunk_ordinal, *, p=p, chunks=chunks, tails=tails):
+            def chunk_cmd(part, region_base, chunk_ordinal, *, p=p):
                 """Drive ``cmd`` for chunk ``chunk_ordinal`` of this port in ``part``."""
                 if P == 1:
                     addr = region_base
@@ -593,10 +598,11 @@ class ExpertDMA(wiring.Component):
             word_r = Signal(name=f"word_r{p}")
             words_in.append((word_e, word_r))
 
-            def first_part(present, my_parts=my_parts):
-                """The first of ``my_parts`` whose ``present`` is true (else the first)."""
-                out = my_parts[0] if my_parts else 0
-                for x in reversed(my_parts):
+            def first_part(present, parts=my_parts, default=None, my_parts=my_parts):
+                """The first of ``parts`` whose ``present`` is true, else ``default`` (the first
+                of ``my_parts``)."""
+                out = (my_parts[0] if my_parts else 0) if default is None else default
+                for x in reversed(parts):
                     out = Mux(present[x], x, out)
                 return out
 
@@ -628,14 +634,13 @@ class ExpertDMA(wiring.Component):
                                 m.d.sync += wcount.eq(wcount + 1)
                                 with m.If(wcount == pwords[x] - 1):
                                     m.d.sync += wcount.eq(0)
-                                    # The next part with words for this port, or the next job.
-                                    nxt = my_parts[0]
-                                    wrap = 1
-                                    for y in reversed(my_parts[i + 1:]):
-                                        nxt = Mux(has[p][y], y, nxt)
-                                        wrap = Mux(has[p][y], 0, wrap)
-                                    nxt = Mux(wrap, first_part(has[p]), nxt)
-                                    m.d.sync += [wp.eq(nxt), wj.eq(wj + wrap)]
+                                    # The next part with words for this port, or the next
+                                    # job's first.
+                                    later = my_parts[i + 1:]
+                                    wrap = ~Cat(has[p][y] for y in later).any() if later else 1
+                                    m.d.sync += [wp.eq(first_part(has[p], later,
+                                                                  first_part(has[p]))),
+                                                 wj.eq(wj + wrap)]
             m.d.comb += [
                 w_port.addr.eq(local >> exact_log2(R)),
                 w_port.data.eq(data_s.payload.data.replicate(R)),

@@ -201,12 +201,17 @@ class Reorder(wiring.Component):
                          n_tok.eq(self.n_tokens), n_exp.eq(self.n_experts),
                          top_k.eq(self.top_k)]
 
+        def restart():
+            """A start, in any phase, collects a new frame (or ends at once: a bad shape).
+            Last in each phase, so that it overrides the phase's own transition."""
+            with m.If(self.start):
+                m.next = "COLLECT"
+                with m.If(bad_shape):
+                    m.next = "DONE"
+
         with m.FSM(name="phase"):
             with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "COLLECT"
-                    with m.If(bad_shape):
-                        m.next = "DONE"
+                restart()
 
             with m.State("COLLECT"):
                 m.d.comb += [
@@ -228,10 +233,7 @@ class Reorder(wiring.Component):
                         m.d.sync += [e_ctr.eq(0), run.eq(0), self.n_used.eq(0)]
                         m.next = "PREFIX"
 
-                with m.If(self.start):
-                    m.next = "COLLECT"
-                    with m.If(bad_shape):
-                        m.next = "DONE"
+                restart()
 
             with m.State("PREFIX"):
                 m.d.comb += self.busy.eq(1)
@@ -248,10 +250,7 @@ class Reorder(wiring.Component):
                     m.d.sync += [t.eq(0), j.eq(0), primed.eq(0)]
                     m.next = "SCATTER"
 
-                with m.If(self.start):
-                    m.next = "COLLECT"
-                    with m.If(bad_shape):
-                        m.next = "DONE"
+                restart()
 
             with m.State("SCATTER"):
                 m.d.comb += self.busy.eq(1)
@@ -276,10 +275,7 @@ class Reorder(wiring.Component):
                             m.d.sync += remaining.eq(used)
                             m.next = "EMIT"
 
-                with m.If(self.start):
-                    m.next = "COLLECT"
-                    with m.If(bad_shape):
-                        m.next = "DONE"
+                restart()
 
             with m.State("EMIT"):
                 m.d.comb += self.busy.eq(1)
@@ -303,17 +299,11 @@ class Reorder(wiring.Component):
                                               ((remaining & ~lowest) == 0))):
                     m.next = "DONE"
 
-                with m.If(self.start):
-                    m.next = "COLLECT"
-                    with m.If(bad_shape):
-                        m.next = "DONE"
+                restart()
 
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
-                with m.If(self.start):
-                    m.next = "COLLECT"
-                    with m.If(bad_shape):
-                        m.next = "DONE"
+                restart()
 
         return m
 
