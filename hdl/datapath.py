@@ -362,11 +362,8 @@ class Datapath(wiring.Component):
             moe.u_base.eq(mo.u_base), moe.x_base.eq(mo.x_base),
             moe.scratch_base.eq(mo.scratch_base),
         ]
-        # The model's MoE shape; a field above the engine's maximum is a program error (the
-        # engine itself refuses zero fields and k above the experts, with BAD_SHAPE).
-        moe_too_big = Signal()
-        m.d.comb += moe_too_big.eq(Cat(*(getattr(mo, f) > getattr(c.moe, f)
-                                         for f in SHAPE_FIELDS)).any())
+        # The model's MoE shape, whole: the engine refuses a field above its maximum, a zero
+        # field and k above the experts (BAD_SHAPE, a program error below).
         for f in SHAPE_FIELDS:
             m.d.comb += getattr(moe.shape, f).eq(getattr(mo, f))
 
@@ -502,7 +499,7 @@ class Datapath(wiring.Component):
                                 m.d.comb += sme.start.eq(1)
                                 m.next = "FETCH"
                         with m.Case(Opcode.MOE):
-                            with m.If(cu.busy | moe_too_big):
+                            with m.If(cu.busy):
                                 m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
                                 m.next = "FAILED"
                             with m.Else():

@@ -30,11 +30,16 @@ from .layout import PARTS, ImageLayout, SystolicOrder
 from .reorder import Reorder, expert_entry_layout
 from .topk import TopK, check_moe_shape
 
-__all__ = ["Status", "MoELayerConfig", "MoELayer", "SHAPE_FIELDS"]
+__all__ = ["Status", "MoELayerConfig", "MoELayer", "SHAPE_FIELDS", "SHAPE_INPUT_LAYOUT"]
 
 #: The fields of a MoE shape (:attr:`MoELayerConfig.shape_layout`), the model's counterparts
 #: of :class:`MoELayerConfig`'s maxima.
 SHAPE_FIELDS = ("tokens", "dim", "hidden", "num_experts", "k", "num_tasks", "num_layers")
+
+#: Layout of :attr:`MoELayer.shape`: every field 16 bits, as wide as the ``MOE`` instruction's
+#: widest (:mod:`hdl.isa`), so that a value above the engine's maximum reaches the engine's
+#: check whole instead of wrapping to a valid-looking shape.
+SHAPE_INPUT_LAYOUT = data.StructLayout({name: 16 for name in SHAPE_FIELDS})
 
 
 class Status(enum.Enum, shape=unsigned(3)):
@@ -503,10 +508,11 @@ class MoELayer(wiring.Component):
 
     Members
     -------
-    shape : In(config.shape_layout), init ``config.max_shape``
+    shape : In(SHAPE_INPUT_LAYOUT), init ``config.max_shape``
         The layer's MoE shape (:data:`SHAPE_FIELDS`: tokens N, ``dim`` D, ``hidden`` Hd,
         ``num_experts`` E, ``k``, ``num_tasks``, ``num_layers``), each at most the
-        configuration's, none zero, ``k ≤ num_experts``; latched at ``start``.
+        configuration's, none zero, ``k ≤ num_experts`` (else ``BAD_SHAPE``); latched at
+        ``start``.
     start : In(1)
         Pulse: run one layer with the arguments below (ignored while ``busy``).
     task, layer : In(8)
@@ -583,7 +589,7 @@ class MoELayer(wiring.Component):
         abuf_addr = unsigned(c.addr_bits)
         bus_sig = AXI4Signature(addr_width=aw, data_width=cfg.data_width, id_width=1)
         members = {
-            "shape": In(cfg.shape_layout, init=cfg.max_shape),
+            "shape": In(SHAPE_INPUT_LAYOUT, init=cfg.max_shape),
             "start": In(1),
             "task": In(8),
             "layer": In(8),
@@ -971,7 +977,9 @@ class MoELayer(wiring.Component):
                     with m.If(bad_shape):
                         m.d.sync += [self.status.eq(Status.BAD_SHAPE), self.done.eq(1)]
                     with m.Else():
-                        m.d.sync += [shp.eq(self.shape), running.eq(1)]
+                        m.d.sync += running.eq(1)
+                        m.d.sync += [getattr(shp, name).eq(getattr(self.shape, name))
+                                     for name in SHAPE_FIELDS]
                         m.next = "SETUP"
 
             with m.State("SETUP"):
