@@ -20,7 +20,9 @@ Operations
 :func:`route`
     Router: logits, softmax over all experts, top-k (ties to the lowest expert index).
 :func:`reorder`
-    Patch reordering: per-expert token lists, used experts in ascending id.
+    Patch reordering: per-expert token lists, used experts in :func:`expert_order`.
+:func:`expert_order`
+    The order the used experts are computed in: largest and smallest token counts interleaved.
 """
 
 import math
@@ -33,7 +35,7 @@ from . import tables
 
 __all__ = ["matmul_exact", "linear", "softmax", "softmax_detail", "softmax_scale_int",
            "exp2_neg", "gelu", "gelu_detail", "layernorm", "layernorm_stats", "rsqrt",
-           "reciprocal", "route", "topk", "reorder"]
+           "reciprocal", "route", "topk", "reorder", "expert_order"]
 
 
 def _check_fmt(name, fmt):
@@ -377,21 +379,55 @@ def route(u, w_gate_t, k, numerics=DEFAULT_NUMERICS):
     return logits, probs, idx, scores
 
 
+def expert_order(counts):
+    """The order in which the used experts of a layer are computed (and their outputs added).
+
+    ``counts[e]`` is expert ``e``'s token count (0: unused). With U used experts holding T
+    tokens in all, the next expert is the **largest** remaining one (most tokens) while the
+    experts already taken hold at most their share, ``U·Σn ≤ i·T`` after ``i`` of them, and the
+    **smallest** remaining one otherwise; ties go to the lowest expert id. Returns the used
+    expert ids in that order.
+
+    Why: an expert's weights take the same time to fetch whatever its token count, its products
+    take time in proportion to it. In ascending id, experts with a few tokens wait for their
+    weights and the DMA idles while one with many tokens computes (its two buffer banks full);
+    taking the large ones early and following each with small ones keeps both busy. The order
+    is part of the numerics: each expert's output is added to the residual with saturation, so
+    the order can change a saturated sum.
+    """
+    counts = [int(c) for c in counts]
+    if any(c < 0 for c in counts):
+        raise ValueError(f"token counts must not be negative: {counts}")
+    left = [e for e, c in enumerate(counts) if c]
+    used, total = len(left), sum(counts)
+    order, taken = [], 0
+    while left:
+        if used * taken <= len(order) * total:
+            e = max(left, key=lambda e: (counts[e], -e))
+        else:
+            e = min(left, key=lambda e: (counts[e], e))
+        left.remove(e)
+        order.append(e)
+        taken += counts[e]
+    return order
+
+
 def reorder(idx, scores, num_experts):
     """Patch reordering: a counting sort of tokens into per-expert lists.
 
-    Returns a list of ``(expert, tokens, scores)`` for the used experts in ascending expert id;
-    each list holds its tokens in ascending token order with the router score that token gave
-    the expert. Unused experts do not appear.
+    Returns a list of ``(expert, tokens, scores)`` for the used experts in the order of
+    :func:`expert_order`; each list holds its tokens in ascending token order with the router
+    score that token gave the expert. Unused experts do not appear.
     """
     idx = np.asarray(idx)
     scores = np.asarray(scores)
     if idx.size and (idx.min() < 0 or idx.max() >= num_experts):
         raise ValueError(f"expert index out of range 0..{num_experts - 1}")
-    out = []
+    out = {}
     for e in range(num_experts):
         tok, slot = np.nonzero(idx == e)
         if tok.size:
             order = np.argsort(tok, kind="stable")
-            out.append((e, tok[order], scores[tok[order], slot[order]]))
-    return out
+            out[e] = (e, tok[order], scores[tok[order], slot[order]])
+    counts = [len(out[e][1]) if e in out else 0 for e in range(num_experts)]
+    return [out[e] for e in expert_order(counts)]

@@ -194,8 +194,10 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             router = lay.bytes_for_router()
             expert = lay.bytes_for_expert()
             logits = cu.cycles(cfg.tokens, cfg.dim, cfg.num_experts)
+            # ... + the reorder's prefix and scatter, then its scan for the first expert.
             route = (moe_engine.setup_cycles + latency + router / moe_bw + logits
-                     + cfg.tokens * mc.logit_words + sm_lat + 2 * cfg.num_experts)
+                     + cfg.tokens * mc.logit_words + sm_lat + 3 * cfg.num_experts
+                     + cfg.tokens * cfg.top_k)
             # Experts in order: job j's fc1 parts are fetched when the DMA is free and job
             # j−2's FC1 is done, its fc2 parts when job j−2 is released; its products are fed
             # while its weights arrive, so it ends at the later of its own compute time and its

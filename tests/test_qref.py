@@ -309,7 +309,8 @@ def test_reorder_is_a_counting_sort(tokens, experts, data):
     idx = np.stack([rng.permutation(experts)[:k] for _ in range(tokens)])
     scores = rng.integers(0, 1 << 15, size=(tokens, k))
     lists = qref.reorder(idx, scores, experts)
-    assert [e for e, _, _ in lists] == sorted(set(idx.ravel().tolist()))
+    counts = np.bincount(idx.ravel(), minlength=experts)
+    assert [e for e, _, _ in lists] == qref.expert_order(counts)
     pairs = set()
     for e, tok, sc in lists:
         assert np.all(np.diff(tok) > 0)
@@ -318,6 +319,31 @@ def test_reorder_is_a_counting_sort(tokens, experts, data):
             assert s == scores[t, slot]
             pairs.add((int(t), e))
     assert pairs == {(t, int(e)) for t in range(tokens) for e in idx[t]}
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.lists(st.integers(0, 130), min_size=1, max_size=64))
+def test_expert_order_interleaves_large_and_small(counts):
+    order = qref.expert_order(counts)
+    used = [e for e, c in enumerate(counts) if c]
+    assert sorted(order) == used                       # every used expert once, no unused one
+    total = sum(counts)
+    for i, e in enumerate(order):
+        left = order[i:]
+        share = sum(counts[x] for x in order[:i])
+        # below or at its share: the largest count left, else the smallest; ties: lowest id
+        want = max(counts[x] for x in left) if len(used) * share <= i * total else \
+            min(counts[x] for x in left)
+        assert counts[e] == want and e == min(x for x in left if counts[x] == want)
+
+
+def test_expert_order_example():
+    # 4 used experts, 12 tokens (share 3 each): 7 first (largest); 7 > 3 → smallest (1, the
+    # lowest id of the two 1s); 8 > 6 → smallest (1); 9 ≤ 9 → largest (3).
+    assert qref.expert_order([1, 0, 3, 1, 7]) == [4, 0, 3, 2]
+    assert qref.expert_order([0, 0]) == []
+    with pytest.raises(ValueError, match="negative"):
+        qref.expert_order([2, -1])
 
 
 def test_reorder_all_tokens_to_one_expert():

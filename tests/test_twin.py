@@ -51,9 +51,10 @@ def test_twin_is_the_documented_composition(micro_model):
     u = qref.layernorm(x, qm[b + "ln2_g"], qm[b + "ln2_b"], **ln)
     _, _, idx, scores = qref.route(u, qm[b + "gate"][1], MICRO.top_k)
     assert np.array_equal(idx, taps["block1.topk_idx"])
-    # Expert by expert, in ascending expert id, token by token.
+    # Token by token, its experts in the layer's expert order (qref.expert_order).
+    order = qref.expert_order(np.bincount(idx.ravel(), minlength=MICRO.num_experts))
     for t in range(MICRO.tokens):
-        for e in sorted(idx[t]):
+        for e in sorted(idx[t], key=order.index):
             s = scores[t][list(idx[t]).index(e)]
             hid = qref.linear(u[t:t + 1], qm[b + "w1"][e], qm[b + "b1"][e], x_fmt=NX.ln_out,
                               w_fmt=NX.weight, out_fmt=NX.hidden, gelu=True)

@@ -5,7 +5,8 @@ compute unit, which read their tokens and add their results in place.
 Bit-exact with the MoE block of :func:`golden.twin.twin_forward` (and
 :func:`sim.bench.moe.moe_block_reference`): given the block's LN2 output ``u`` and its residual
 ``x`` in the compute unit's activation buffer, the engine leaves
-``x + Σ_j s_j·expert_j(u)`` (accumulated in ascending expert order, saturating) in place of ``x``.
+``x + Σ_j s_j·expert_j(u)`` (accumulated, saturating, in the order of
+:func:`golden.qref.expert_order`) in place of ``x``.
 """
 
 import math
@@ -471,7 +472,8 @@ class MoELayer(wiring.Component):
         ROUTER   DMA: the task's router (E × D) → router buffer      (task switch: just this)
         LOGITS   compute unit: logits = u·Wgᵀ (N × E, logit format) → abuf scratch
         ROUTE    abuf → Softmax (scale 1) → TopK → Reorder (counting sort, on chip)
-        for each used expert j = 0, 1, … (ascending id; unused experts skipped):
+        for each used expert j = 0, 1, … (qref.expert_order: the largest and the smallest
+                 token counts interleaved; unused experts skipped):
           DMA    job j → bank j mod 2: its fc1 parts once job j−2's FC1 is done, its fc2
                  parts once job j−2 is released (prefetch)
           FC1    compute unit: H = GELU(u[tokens of j]·W1ᵀ + b1)  (X rows gathered from u,

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """Patch reordering: a counting sort of the tokens into per-expert lists, on chip.
 
-Bit-exact with :func:`golden.qref.reorder`: the used experts in ascending id, each with its
-tokens in ascending token order and the score that token gave the expert; unused experts do not
-appear.
+Bit-exact with :func:`golden.qref.reorder`: the used experts in the order of
+:func:`golden.qref.expert_order` (the largest and the smallest token counts interleaved), each
+with its tokens in ascending token order and the score that token gave the expert; unused
+experts do not appear.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
@@ -53,9 +54,13 @@ class Reorder(wiring.Component):
     ``SCATTER`` (N·k + 1 cycles)
         Token by token, slot by slot, ``(t, score)`` is written to ``list[wptr[e]++]``: every
         expert's list is contiguous, in ascending token order.
-    ``EMIT`` (one cycle per used expert)
-        The used experts (``count ≠ 0``) leave on ``experts`` in ascending id; a priority
-        encoder finds the next one, so unused experts cost no cycle.
+    ``EMIT`` (``num_experts + 1`` cycles per used expert)
+        The used experts (``count ≠ 0``) leave on ``experts`` in the order of
+        :func:`golden.qref.expert_order`: with U used experts holding T entries, the largest
+        remaining count while the i experts emitted so far hold ``U·Σn ≤ i·T``, else the
+        smallest; ties to the lowest id. A scan of the counters, one per cycle, finds each
+        (the consumer needs the next expert only when the current one is done, thousands of
+        cycles later); then it is offered until taken.
     ``DONE``
         The lists stay readable through ``rd_addr``/``rd_data`` until the next ``start``.
 
@@ -87,8 +92,8 @@ class Reorder(wiring.Component):
     i : In(stream.Signature(route_layout(num_experts, k, score_width)))
         Routings of tokens ``0 .. N − 1`` in order. Ready in ``COLLECT`` only (a register).
     experts : Out(stream.Signature(expert_entry_layout(num_experts, k, tokens)))
-        The used experts in ascending id, ``last`` on the final one. The payload comes from
-        registers and does not depend on ``ready``.
+        The used experts in :func:`golden.qref.expert_order`, ``last`` on the final one. The
+        payload comes from registers and does not depend on ``ready``.
     rd_addr : In(range(tokens·k))
         List entry to read.
     rd_data : Out(list_entry_layout(tokens, score_width))
@@ -149,12 +154,12 @@ class Reorder(wiring.Component):
 
     def tail_cycles(self, n_used, tokens=None, k=None):
         """Cycles from the transfer of the last routing on ``i`` to the first cycle of ``done``,
-        when ``experts`` is always ready: ``num_experts + N·k + n_used + 2`` for a frame of
-        ``tokens`` = N (default: the most) and ``k`` (default: the most) (the routings
-        themselves take one cycle each at most)."""
+        when ``experts`` is always ready: ``num_experts + N·k + n_used·(num_experts + 1) + 2``
+        for a frame of ``tokens`` = N (default: the most) and ``k`` (default: the most) (the
+        routings themselves take one cycle each at most)."""
         N = self._tokens if tokens is None else tokens
         k = self._k if k is None else k
-        return self._num_experts + N * k + n_used + 2
+        return self._num_experts + N * k + n_used * (self._num_experts + 1) + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -187,6 +192,10 @@ class Reorder(wiring.Component):
         run = Signal(pos_shape)
         primed = Signal()
         remaining = Signal(E)
+        best_e = Signal(range(E))           # EMIT: the scan's choice so far
+        best_n = Signal(cnt_shape)
+        found = Signal()
+        credit = Signal(signed(bits_for(E * N * k) + 1))    # U·Σn − i·T of the emitted
 
         # The frame's shape, latched at start.
         n_tok = Signal.like(self.n_tokens)
@@ -272,32 +281,47 @@ class Reorder(wiring.Component):
                     with m.If(j == top_k - 1):
                         m.d.sync += t.eq(t + 1)
                         with m.If(t == n_tok - 1):
-                            m.d.sync += remaining.eq(used)
+                            m.d.sync += [remaining.eq(used), e_ctr.eq(0), found.eq(0),
+                                         credit.eq(0)]
                             m.next = "EMIT"
 
                 restart()
 
+            # EMIT: golden.qref.expert_order. Each used expert is found by a scan of the
+            # counters, one per cycle (the largest remaining while the experts emitted so far
+            # hold at most their share of the tokens, ``U·Σn ≤ i·T``, else the smallest; a
+            # strict comparison keeps the lowest id on a tie), then offered on `experts`.
             with m.State("EMIT"):
                 m.d.comb += self.busy.eq(1)
-                # Priority encoder: the lowest remaining expert.
-                sel = Signal(range(E))
-                for e in reversed(range(E)):
-                    with m.If(remaining[e]):
-                        m.d.comb += sel.eq(e)
-                lowest = Signal(E)
-                m.d.comb += lowest.eq(remaining & (~remaining + 1))   # isolate the lowest 1
+                cand = Array(count)[e_ctr]
+                better = Mux(credit <= 0, cand > best_n, cand < best_n)
+                with m.If(remaining.bit_select(e_ctr, 1) & (~found | better)):
+                    m.d.sync += [best_e.eq(e_ctr), best_n.eq(cand), found.eq(1)]
+                m.d.sync += e_ctr.eq(e_ctr + 1)
+                with m.If(e_ctr == E - 1):
+                    m.next = "OFFER"
+
+                restart()
+
+            with m.State("OFFER"):
+                m.d.comb += self.busy.eq(1)
+                others = Signal(E)
+                m.d.comb += others.eq(remaining & ~(1 << best_e))
                 m.d.comb += [
-                    self.experts.valid.eq(remaining != 0),
-                    self.experts.payload.expert.eq(sel),
-                    self.experts.payload.offset.eq(Array(base)[sel]),
-                    self.experts.payload.count.eq(Array(count)[sel]),
-                    self.experts.payload.last.eq((remaining & ~lowest) == 0),
+                    self.experts.valid.eq(found),
+                    self.experts.payload.expert.eq(best_e),
+                    self.experts.payload.offset.eq(Array(base)[best_e]),
+                    self.experts.payload.count.eq(best_n),
+                    self.experts.payload.last.eq(others == 0),
                 ]
-                with m.If(self.experts.ready & (remaining != 0)):
-                    m.d.sync += remaining.eq(remaining & ~lowest)
-                with m.If((remaining == 0) | (self.experts.ready &
-                                              ((remaining & ~lowest) == 0))):
+                with m.If(~found):
                     m.next = "DONE"
+                with m.Elif(self.experts.ready):
+                    m.d.sync += [remaining.eq(others), found.eq(0), e_ctr.eq(0),
+                                 credit.eq(credit + best_n * self.n_used - run)]
+                    m.next = "EMIT"
+                    with m.If(others == 0):
+                        m.next = "DONE"
 
                 restart()
 

@@ -141,7 +141,8 @@ def moe_block_reference(qm, block, task, u, x, route_override=None):
     """The MoE block of :func:`golden.twin.twin_forward` on its own: ``(x_out, info)``.
 
     The same operations in the same order as the twin: route with ``gate[task]``, then for
-    every used expert in ascending id ``hid = linear(u[tokens], w1, b1, gelu)``,
+    every used expert in :func:`golden.qref.expert_order` ``hid = linear(u[tokens], w1, b1,
+    gelu)``,
     ``x[tokens] = linear(hid, w2, b2, row_scale=s, accumulate=x[tokens])``. ``info`` holds
     ``logits``, ``probs``, ``idx``, ``scores`` and ``experts`` (the used experts with their token
     lists and scores).
