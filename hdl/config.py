@@ -100,6 +100,10 @@ class AccelConfig:
     watchdog_cycles : int
         An instruction that runs longer than this stops the frame with a program error, and a
         drain after an abort longer than this resets the datapath anyway (never hang).
+    moe_weight_slots : int
+        Half-expert slots of the MoE engine's weight buffer
+        (:attr:`hdl.moe.layer.MoELayerConfig.weight_slots`), at least 2: 4 holds two experts,
+        each slot more lets the expert fetch run half an expert further ahead.
     """
 
     compute: ComputeConfig
@@ -118,6 +122,7 @@ class AccelConfig:
     max_outstanding: int = 8
     weight_fifo_words: int = 64
     watchdog_cycles: int = 1 << 22
+    moe_weight_slots: int = 4
 
     def __post_init__(self):
         if not isinstance(self.compute, ComputeConfig):
@@ -164,6 +169,7 @@ class AccelConfig:
         check_int("max_outstanding", self.max_outstanding)
         check_int("weight_fifo_words", self.weight_fifo_words, 2)
         check_int("watchdog_cycles", self.watchdog_cycles, 1024)
+        check_int("moe_weight_slots", self.moe_weight_slots, 2)
         L = a.buffer_lanes
         for name, lanes in (("the softmax", self.numerics.softmax_lanes),
                             ("the LayerNorm", self.ln_lanes)):
@@ -241,7 +247,8 @@ class AccelConfig:
         return MoELayerConfig.for_model(cfg, self.compute, data_width=self.axi_data_width,
                                         ports=self.moe_ports, addr_width=self.axi_addr_width,
                                         max_burst_beats=self.max_burst_beats,
-                                        max_outstanding=self.max_outstanding)
+                                        max_outstanding=self.max_outstanding,
+                                        weight_slots=self.moe_weight_slots)
 
     @property
     def load_ports(self):
@@ -256,7 +263,8 @@ class AccelConfig:
         return MoELayerConfig.for_model(self.model, self.compute, data_width=self.axi_data_width,
                                         ports=self.moe_ports, addr_width=self.axi_addr_width,
                                         max_burst_beats=self.max_burst_beats,
-                                        max_outstanding=self.max_outstanding)
+                                        max_outstanding=self.max_outstanding,
+                                        weight_slots=self.moe_weight_slots)
 
     @property
     def param_ports(self):
@@ -309,7 +317,8 @@ ACCEL_PRESETS = {
     "zcu104": AccelConfig(
         ComputeConfig(ArrayConfig(32, 32, load_words=2), max_m=256, max_k=768, max_n=768,
                       abuf_depth=8192, gelu=True),
-        model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=128),
+        model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=128,
+        moe_weight_slots=5),
     "small": AccelConfig(
         ComputeConfig(ArrayConfig(16, 4, load_words=2), max_m=8, max_k=768, max_n=128,
                       abuf_depth=256, gelu=True),

@@ -198,18 +198,27 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             route = (moe_engine.setup_cycles + latency + router / moe_bw + logits
                      + cfg.tokens * mc.logit_words + sm_lat + 3 * cfg.num_experts
                      + cfg.tokens * cfg.top_k)
-            # Experts in order: job j's fc1 parts are fetched when the DMA is free and job
-            # j−2's FC1 is done, its fc2 parts when job j−2 is released; its products are fed
-            # while its weights arrive, so it ends at the later of its own compute time and its
-            # fetch plus a pass and the drain. (A fetch that waited pays the DDR latency.)
+            # Experts in order: half g of the job list (job g // 2's fc1 parts when g is even,
+            # its fc2 parts when odd) is fetched when the DMA is free and half g − S is
+            # released (S = the DMA's half-expert slots; an fc1 half when its job's FC1 is
+            # done, an fc2 half when its job is); a job's products are fed while its weights
+            # arrive, so it ends at the later of its own compute time and its fetch plus a pass
+            # and the drain. (A fetch that waited pays the DDR latency.)
             fc1_bytes = lay.part_bytes("fc1_b") + lay.part_bytes("fc1_w")
             fetch1, fetch2 = fc1_bytes / moe_bw, (expert - fc1_bytes) / moe_bw
             dma_free, ends, fc1_ends = route, [], []
+            S = mc.weight_slots
+
+            def released(g):
+                if g < 0:
+                    return route
+                return ends[g // 2] if g % 2 else fc1_ends[g // 2]
+
             for j, n in enumerate(layer_counts):
                 comp = moe_engine.expert_cycles(n)
-                s1 = max(dma_free, fc1_ends[j - 2] if j >= 2 else route)
+                s1 = max(dma_free, released(2 * j - S))
                 half = s1 + fetch1 + (latency if j == 0 or s1 > dma_free else 0)
-                s2 = max(half, ends[j - 2] if j >= 2 else route)
+                s2 = max(half, released(2 * j + 1 - S))
                 fetched = s2 + fetch2 + (latency if s2 > half else 0)
                 dma_free = fetched
                 start = ends[-1] if ends else route

@@ -388,6 +388,10 @@ def test_config_validation():
         SMALL.replace(ln_lanes=6)
     with pytest.raises(ValueError, match="axi_data_width"):
         SMALL.replace(axi_data_width=96)
+    with pytest.raises(ValueError, match="moe_weight_slots"):
+        SMALL.replace(moe_weight_slots=1)
+    with pytest.raises(TypeError, match="moe_weight_slots"):
+        SMALL.replace(moe_weight_slots=None)
     with pytest.raises(ValueError, match=r"softmax_max_len \(3\) must be at least the model's 4 "
                                          r"experts: one softmax unit serves"):
         SMALL.replace(softmax_max_len=3)

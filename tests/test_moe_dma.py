@@ -27,10 +27,10 @@ def _image(lay, seed):
 def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, latency=20,
             jitter=8, bytes_per_cycle=None, compute_cycles=0, image_bytes=None, slverr=None,
             check_data=True, sim_args=None, expect_error=False, start_twice=False,
-            stream_reads=False, release_fc1=True, max_layout=None):
+            stream_reads=False, release_fc1=True, max_layout=None, slots=4):
     """Run the DMA over the image of ``lay``; with ``max_layout`` the unit is built for that
     (larger) image and told ``lay``'s geometry at run time."""
-    dut = ExpertDMA(max_layout or lay, ports=ports, read_words=read_words)
+    dut = ExpertDMA(max_layout or lay, ports=ports, read_words=read_words, slots=slots)
     image = _image(lay, seed)
     mem_size = BASE + (-(-lay.total_bytes // 4096) + 1) * 4096
     ddrs, checkers = [], []
@@ -45,12 +45,11 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
     R = read_words
     res = {"ready_cycle": [], "release_cycle": [], "early_reads": 0, "bytes_at_release": []}
 
-    async def read_part(ctx, bank, part, nbytes, *, stream=False):
+    async def read_part(ctx, part, nbytes, *, stream=False):
         # With `stream`, each read as soon as rd_avail allows it, not once the part is complete.
         words = []
         nreads = -(-nbytes // (wb * R))
         for a in range(nreads):
-            ctx.set(dut.rd_bank, bank)
             ctx.set(dut.rd_part, part)
             ctx.set(dut.rd_addr, a)
             if stream:
@@ -103,14 +102,14 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
         if check_data:
             off = lay.router_offset(layer, task)
             nb = lay.part_bytes("router")
-            assert await read_part(ctx, 0, ROUTER, nb) == image[off:off + nb]
+            assert await read_part(ctx, ROUTER, nb) == image[off:off + nb]
         for i, e in enumerate(experts):
             ctx.set(dut.job, i)
             if stream_reads:
                 for part in range(len(PARTS)):
                     off = lay.part_offset(layer, e, PARTS[part])
                     nb = lay.part_bytes(PARTS[part])
-                    got = await read_part(ctx, i % 2, part, nb, stream=True)
+                    got = await read_part(ctx, part, nb, stream=True)
                     assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
                     if PARTS[part] == "fc1_w" and release_fc1:
                         await pulse(dut.release_fc1)
@@ -129,7 +128,7 @@ def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, lat
                 if check_data:
                     off = lay.part_offset(layer, e, PARTS[part])
                     nb = lay.part_bytes(PARTS[part])
-                    got = await read_part(ctx, i % 2, part, nb)
+                    got = await read_part(ctx, part, nb)
                     assert got == image[off:off + nb], f"job {i} (expert {e}) {PARTS[part]}"
                 if PARTS[part] == "fc1_w":
                     # FC1 computes, then frees the fc1 parts.
@@ -199,46 +198,52 @@ def test_prefetch_overlaps_compute(sim_args):
     assert res["stall"] <= first_wait + 4 * 2 * fetch
 
 
-@pytest.mark.parametrize("ports", [1, 4])
-def test_fc1_parts_refilled_before_the_release(ports, sim_args):
-    """Job i + 2's fc1 parts are fetched once job i's are released (``release_fc1``), while
-    job i computes its fc2; its fc2 parts only after job i's ``release``: when job i is
-    released, exactly its fc1 parts of job i + 2 are in (compute much slower than the fetch),
-    and every part read is the image's."""
+def _halves_bytes(lay, n):
+    """Bytes of an expert list's first ``n`` halves (fc1 half, fc2 half, fc1 half, …)."""
+    fc1 = lay.part_bytes("fc1_b") + lay.part_bytes("fc1_w")
+    return (n + 1) // 2 * fc1 + n // 2 * (lay.bytes_for_expert() - fc1)
+
+
+@pytest.mark.parametrize("ports, slots", [(1, 4), (4, 4), (2, 5), (1, 2), (4, 7)])
+def test_halves_refilled_as_released(ports, slots, sim_args):
+    """Half h of the job list (job h // 2's fc1 parts when h is even, its fc2 parts when odd) is
+    fetched once half h − slots is released: when job i is about to be released (its fc1 parts
+    released, compute much slower than the fetch), exactly halves 0 … 2i + slots are in (with
+    4 slots, job i + 1 and job i + 2's fc1 parts), and every part read is the image's."""
     lay = ImageLayout(num_layers=1, num_experts=8, num_tasks=1, dim=16, hidden=32)
     fetch = lay.bytes_for_expert() // lay.word_bytes
-    experts = [0, 2, 3, 5, 7]
+    experts = [0, 2, 3, 5, 7, 1]
     res = run_dma(lay, experts, ports=ports, latency=30, jitter=4, compute_cycles=4 * fetch,
-                  seed=ports, sim_args=sim_args)
-    eb = lay.bytes_for_expert()
-    fc1 = lay.part_bytes("fc1_b") + lay.part_bytes("fc1_w")
+                  seed=ports + slots, slots=slots, sim_args=sim_args)
     for i, got in enumerate(res["bytes_at_release"]):
-        ahead = min(i + 2, len(experts))
-        assert got == ahead * eb + (fc1 if i + 2 < len(experts) else 0), (i, got)
+        want = _halves_bytes(lay, min(2 * i + slots + 1, 2 * len(experts)))
+        assert got == want, (i, got, want)
+    assert res["bytes"] == len(experts) * lay.bytes_for_expert()
 
 
-def test_release_alone_frees_the_fc1_parts(sim_args):
-    """A consumer that never pulses ``release_fc1`` gets whole jobs in ping-pong: job i + 2 is
-    fetched, fc1 parts and all, once job i is released, and nothing waits for ever."""
+@pytest.mark.parametrize("slots", [4, 5])
+def test_release_alone_frees_the_fc1_parts(slots, sim_args):
+    """A consumer that never pulses ``release_fc1`` frees each job's halves with its
+    ``release``: halves 0 … 2i + slots − 1 are in when job i is about to be released (with 4
+    slots, whole jobs in ping-pong), and nothing waits for ever."""
     lay = ImageLayout(num_layers=1, num_experts=8, num_tasks=1, dim=16, hidden=32)
     fetch = lay.bytes_for_expert() // lay.word_bytes
     experts = [1, 2, 4, 6, 7]
     res = run_dma(lay, experts, ports=2, latency=30, jitter=4, compute_cycles=4 * fetch,
-                  release_fc1=False, sim_args=sim_args)
-    eb = lay.bytes_for_expert()
-    assert res["bytes"] == len(experts) * eb
+                  release_fc1=False, slots=slots, sim_args=sim_args)
+    assert res["bytes"] == len(experts) * lay.bytes_for_expert()
     for i, got in enumerate(res["bytes_at_release"]):
-        assert got == min(i + 2, len(experts)) * eb, (i, got)
+        assert got == _halves_bytes(lay, min(2 * i + slots, 2 * len(experts))), (i, got)
 
 
-@pytest.mark.parametrize("ports, read_words", [(1, 1), (2, 2), (4, 1)])
-def test_parts_stream_while_arriving(ports, read_words, sim_args):
+@pytest.mark.parametrize("ports, read_words, slots", [(1, 1, 4), (2, 2, 5), (4, 1, 3)])
+def test_parts_stream_while_arriving(ports, read_words, slots, sim_args):
     """A consumer that reads each word as soon as ``rd_avail`` says it is there gets the
-    image's bytes (never a word of an earlier job in the reused bank, never an unwritten one)
+    image's bytes (never a word of an earlier job in a reused slot, never an unwritten one)
     and starts reading parts before they are complete."""
     lay = ImageLayout(num_layers=1, num_experts=4, num_tasks=1, dim=16, hidden=64)
     res = run_dma(lay, [0, 1, 2, 3], ports=ports, read_words=read_words, latency=30,
-                  stream_reads=True, seed=ports, sim_args=sim_args)
+                  stream_reads=True, seed=ports, slots=slots, sim_args=sim_args)
     assert res["bytes"] == 4 * lay.bytes_for_expert()
     assert res["early_reads"] > 0
 
@@ -344,6 +349,7 @@ def test_choose_ports():
 @pytest.mark.parametrize("kw, exc", [
     (dict(ports=3), ValueError), (dict(ports=8), ValueError), (dict(read_words=3), ValueError),
     (dict(read_words=32), ValueError), (dict(ports=1.0), TypeError),
+    (dict(slots=1), ValueError), (dict(slots=4.0), TypeError),
 ])
 def test_bad_parameters(kw, exc):
     with pytest.raises(exc):

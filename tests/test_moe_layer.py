@@ -125,6 +125,19 @@ def test_runtime_shape(cfg, task, ports, load_words, sim_args):
     _check(res, qm, u, x, task)
 
 
+@pytest.mark.parametrize("slots, ports", [(2, 1), (5, 2)])
+def test_weight_slots(slots, ports, sim_args):
+    """A DMA buffer of two half-expert slots (one expert) or five (two and a half): the same
+    results, bit-exact, each expert fetched once."""
+    cfg = _synth_cfg(16, 2, img=48)
+    qm, u, x = synthetic_case(cfg, 7, "random")
+    compute = compute_config(cfg, ARRAY, ARRAY, 2)
+    engine = MoELayerConfig.for_model(cfg, compute, ports=ports, weight_slots=slots)
+    res = simulate_layer(qm, u, x, 0, 1, compute, ports=ports, latency=25, jitter=10, seed=slots,
+                         engine=engine, deadline_cycles=60_000, **sim_args)
+    _check(res, qm, u, x, 1)
+
+
 def test_runtime_shape_too_large():
     compute = compute_config(MICRO, ARRAY, ARRAY)
     engine = MoELayerConfig.for_model(MICRO, compute)
@@ -238,6 +251,8 @@ def test_config_validation():
         MoELayerConfig(**{**base, "ports": 8})
     with pytest.raises(ValueError, match="ports must be a power of two"):
         MoELayerConfig(**{**base, "ports": 3})
+    with pytest.raises(ValueError, match=r"weight_slots must be an integer ≥ 2, not 1"):
+        MoELayerConfig(**{**base, "weight_slots": 1})
 
 
 def test_shared_softmax_config_errors():

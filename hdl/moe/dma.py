@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""The expert-weight DMA scheduler: AXI4 reads of each used expert's weights into ping-pong
-banks, prefetching expert ``e + 1`` while expert ``e`` computes.
+"""The expert-weight DMA scheduler: AXI4 reads of each used expert's weights into a ring of
+half-expert slots, prefetching the next experts while one computes.
 
 Addresses come from the geometry of an :class:`~hdl.moe.layout.ImageLayout`, given at run time
 (:func:`geometry_layout`); the buffers are sized for the largest. The image itself is produced
@@ -93,19 +93,22 @@ class ExpertDMA(wiring.Component):
     rises when it is complete.
 
     Then every used expert that arrives on ``experts`` (the order of
-    :class:`~hdl.moe.reorder.Reorder`) becomes a *job*: job ``i`` is fetched into bank
-    ``i mod 2``, part by part in :data:`~hdl.moe.layout.PARTS` order (each bias before its
-    weights). Job ``i``'s fc1 parts are fetched as soon as its expert is known and the consumer
-    is done with job ``i − 2``'s fc1 parts (``release_fc1``), its fc2 parts once it has released
-    job ``i − 2`` altogether (``release``): so expert ``i + 1`` is fetched while expert ``i``
-    computes, and the fc1 half of expert ``i + 2`` while expert ``i`` computes its fc2; the
-    consumer never waits for weights when the bandwidth covers its consumption.
+    :class:`~hdl.moe.reorder.Reorder`) becomes a *job*, fetched part by part in
+    :data:`~hdl.moe.layout.PARTS` order (each bias before its weights). The buffer is a ring of
+    ``slots`` half-expert slots: job ``i``'s fc1 parts (half ``2i``) go to slot ``2i mod
+    slots``, its fc2 parts (half ``2i + 1``) to slot ``(2i + 1) mod slots``, and half ``h`` is
+    fetched once its expert is known and the consumer has released half ``h − slots`` (the fc1
+    half of a job with ``release_fc1``, its fc2 half with ``release``). With 4 slots (two
+    banks) expert ``i + 1`` is fetched while expert ``i`` computes, and the fc1 half of expert
+    ``i + 2`` while expert ``i`` computes its fc2; each slot more lets the fetch run half an
+    expert further ahead, which an expert with many tokens (long products on the same bytes)
+    leaves time for.
 
     The consumer names the job it works on (``job``) and sees which of its four parts are
     complete (``ready``); when it is done with the job's fc1 parts it pulses ``release_fc1``,
-    when it is done with the job's bank ``release`` (jobs are released in order, each
+    when it is done with the whole job ``release`` (jobs are released in order, each
     ``release_fc1`` before its ``release``; a ``release`` frees the fc1 parts too, so a consumer
-    that never pulses ``release_fc1`` gets a plain ping-pong of whole jobs). ``want`` tells the
+    that never pulses ``release_fc1`` gets whole jobs). ``want`` tells the
     unit in which cycles the consumer waits for a part (``want_part``), which it counts in
     ``stall_cycles`` when that part is not ready.
 
@@ -120,10 +123,10 @@ class ExpertDMA(wiring.Component):
     Buffers
     -------
     One memory per port, ``read_words`` bus words wide (each write fills one bus-word lane),
-    holding bank 0, bank 1 and the router. The read port (``rd_*``) returns ``read_words``
-    consecutive bus words of a part one cycle after the address; word ``w`` of a part lives in
-    port ``(w / chunk_words) mod P``'s memory, so consecutive reads may come from different
-    ports.
+    holding the ``slots`` half-expert slots and the router. The read port (``rd_*``) returns
+    ``read_words`` consecutive bus words of a part of job ``job`` one cycle after the address;
+    word ``w`` of a part lives in port ``(w / chunk_words) mod P``'s memory, so consecutive
+    reads may come from different ports.
 
     Errors
     ------
@@ -136,8 +139,8 @@ class ExpertDMA(wiring.Component):
     Parameters
     ----------
     layout : ImageLayout
-        The largest image's geometry: it sizes the buffers (two banks of its expert's parts and
-        its router) and is the default ``geometry``.
+        The largest image's geometry: it sizes the buffers (``slots`` halves of its expert's
+        parts and its router) and is the default ``geometry``.
     ports : int
         AXI4 read managers, 1, 2 or 4.
     addr_width : int
@@ -150,6 +153,8 @@ class ExpertDMA(wiring.Component):
         Bus words per read of the buffer (a power of two ≤ ``chunk_words``).
     chunk_words : int or None
         Interleave granule with P > 1, a power of two (default ``max_burst_beats``).
+    slots : int
+        Half-expert slots of the buffer, at least 2 (4: two whole experts).
 
     Members
     -------
@@ -172,17 +177,16 @@ class ExpertDMA(wiring.Component):
     job : In(range(E))
         The job (index into the used-expert order) the consumer works on.
     ready : Out(4)
-        Bit ``p``: part ``p`` of job ``job`` is complete in bank ``job mod 2``.
+        Bit ``p``: part ``p`` of job ``job`` is complete in its slot.
     release_fc1 : In(1)
-        Pulse: the consumer is done with the fc1 parts of job ``job`` (frees their place in the
-        bank for job ``job + 2``).
+        Pulse: the consumer is done with the fc1 parts of job ``job`` (frees their slot).
     release : In(1)
-        Pulse: the consumer is done with job ``job`` (releases its bank, fc1 parts included).
+        Pulse: the consumer is done with job ``job`` (frees its slots, fc1 parts included).
     want, want_part : In(1), In(range(4))
         The consumer waits for part ``want_part`` of job ``job`` in this cycle.
-    rd_bank : In(1), rd_part : In(range(5)), rd_addr : In(...)
+    rd_part : In(range(5)), rd_addr : In(...)
         Read request: ``read_words`` words starting at bus word ``rd_addr·read_words`` of part
-        ``rd_part`` (``ROUTER`` = 4 for the router) of bank ``rd_bank``.
+        ``rd_part`` (``ROUTER`` = 4 for the router) of job ``job``.
     rd_data : Out(read_words · data_width)
         The words read, one cycle after the request (first word in the low bits).
     rd_avail : Out(1)
@@ -204,7 +208,7 @@ class ExpertDMA(wiring.Component):
     """
 
     def __init__(self, layout, *, ports=1, addr_width=32, max_burst_beats=16, max_outstanding=8,
-                 read_words=1, chunk_words=None):
+                 read_words=1, chunk_words=None, slots=4):
         if not isinstance(layout, ImageLayout):
             raise TypeError(f"layout must be an ImageLayout, not {layout!r}")
         check_pow2("ports", ports)
@@ -221,6 +225,8 @@ class ExpertDMA(wiring.Component):
                              f"({chunk_words})")
         if chunk_words * (layout.data_width // 8) > 4096:
             raise ValueError(f"chunk_words ({chunk_words}) × the bus word must fit one 4 KiB page")
+        check_int("slots", slots, 2)        # an fc1 and an fc2 half
+        self._slots = slots
         self._layout = layout
         self._ports = ports
         self._addr_width = addr_width
@@ -245,7 +251,6 @@ class ExpertDMA(wiring.Component):
             "release": In(1),
             "want": In(1),
             "want_part": In(range(len(PARTS))),
-            "rd_bank": In(1),
             "rd_part": In(range(len(PARTS) + 1)),
             "rd_addr": In(range(max(self.max_part_rwords, 2))),
             "rd_data": Out(read_words * layout.data_width),
@@ -288,6 +293,11 @@ class ExpertDMA(wiring.Component):
         return self._chunk_words
 
     @property
+    def slots(self):
+        """Half-expert slots of the buffer."""
+        return self._slots
+
+    @property
     def buses(self):
         """The AXI4 manager interfaces, port 0 first."""
         return [getattr(self, f"bus{p}") for p in range(self._ports)]
@@ -319,25 +329,32 @@ class ExpertDMA(wiring.Component):
             n = self._part_words(part)
         return -(-n // self._read_words) * self._read_words
 
+    @staticmethod
+    def _half(part):
+        """The half of an expert a part belongs to: 0 (fc1 parts) or 1 (fc2 parts)."""
+        return 0 if PARTS[part].startswith("fc1") else 1
+
     @property
     def part_bases(self):
-        """Word offset of each part (0..3, then the router) in a port memory's bank."""
-        out, off = [], 0
+        """Word offset of each part (0..3) in its half-expert slot of a port memory, then the
+        router's (after the slots)."""
+        out, off = [], [0, 0]
         for part in range(len(PARTS)):
-            out.append(off)
-            off += self._local_words(part)
-        out.append(2 * off)       # the router follows the two banks
+            out.append(off[self._half(part)])
+            off[self._half(part)] += self._local_words(part)
+        out.append(self._slots * self.slot_words)
         return out
 
     @property
-    def bank_words(self):
-        """Words of one bank in each port's memory."""
-        return sum(self._local_words(p) for p in range(len(PARTS)))
+    def slot_words(self):
+        """Words of one half-expert slot in each port's memory (the larger half's)."""
+        return max(sum(self._local_words(p) for p in range(len(PARTS)) if self._half(p) == h)
+                   for h in (0, 1))
 
     @property
     def memory_words(self):
         """Words (bus words) of each port's memory."""
-        return 2 * self.bank_words + self._local_words(ROUTER)
+        return self._slots * self.slot_words + self._local_words(ROUTER)
 
     @property
     def max_part_rwords(self):
@@ -346,7 +363,7 @@ class ExpertDMA(wiring.Component):
 
     @property
     def buffer_bytes(self):
-        """On-chip buffer bytes (all ports): two banks and the router."""
+        """On-chip buffer bytes (all ports): the slots and the router."""
         return self._ports * self.memory_words * self._layout.word_bytes
 
     def fetch_cycles(self, bytes_per_cycle):
@@ -435,10 +452,22 @@ class ExpertDMA(wiring.Component):
 
         # The fc1 parts of a job are free once released on their own or with the whole job.
         fc1_free = Mux(released1 > released, released1, released)
+        S = self._slots
 
-        def bank_free(job, part):
-            """Job ``job``'s region of ``part`` is no longer in use by job ``job − 2``."""
-            return job < (fc1_free if PARTS[part].startswith("fc1") else released) + 2
+        def slot_free(job, part):
+            """Job ``job``'s half of ``part`` (half ``g = 2·job + h``) may be fetched: half
+            ``g − S`` is released. That half is job ``job − c``'s fc1 half when ``g − S`` is
+            even, its fc2 half when odd (the parity and ``c`` do not depend on ``job``)."""
+            h = self._half(part)
+            odd = (h - S) % 2
+            c = (S - h + odd) // 2
+            return job < (released if odd else fc1_free) + c
+
+        def slot_base(job, part):
+            """Word offset of job ``job``'s slot for ``part`` in a port memory."""
+            h = self._half(part)
+            return Array(Const(((2 * j + h) % S) * self.slot_words,
+                               range(S * self.slot_words + 1)) for j in range(E + 1))[job]
 
         # Run-time chunks of each part and the length of its last chunk, of the latched
         # geometry and (for the write side's first part at start) of the input.
@@ -562,7 +591,7 @@ class ExpertDMA(wiring.Component):
                                             return [cpart.eq(my_parts[i + 1])]
                                         m.next = "WAIT"
                                         return [cjob.eq(cjob + 1)]
-                                    free = bank_free(cjob, x)
+                                    free = slot_free(cjob, x)
                                     with m.If(n_my[x] == 0):
                                         # None of this part is ours in this layer.
                                         m.d.sync += next_part()
@@ -615,7 +644,6 @@ class ExpertDMA(wiring.Component):
 
             got = data_s.valid & started
             local = Signal(range(self.memory_words + 1), name=f"local{p}")
-            bank = wj[0]
             with m.If(wr):
                 m.d.comb += local.eq(bases[ROUTER] + wcount)
                 with m.If(got):
@@ -627,8 +655,7 @@ class ExpertDMA(wiring.Component):
                 with m.Switch(wp):
                     for i, x in enumerate(my_parts):
                         with m.Case(x):
-                            m.d.comb += local.eq(Mux(bank, self.bank_words, 0) + bases[x] +
-                                                 wcount)
+                            m.d.comb += local.eq(slot_base(wj, x) + bases[x] + wcount)
                             with m.If(got):
                                 m.d.comb += word_e.eq(1)
                                 m.d.sync += wcount.eq(wcount + 1)
@@ -719,9 +746,11 @@ class ExpertDMA(wiring.Component):
             sub = Const(0, 1)
             local_w = w
         part_base = Array(Const(b, range(self.memory_words + 1)) for b in bases)[self.rd_part]
-        bank_off = Mux((self.rd_part != ROUTER) & self.rd_bank, self.bank_words, 0)
+        slot_off = Mux(self.rd_part == ROUTER, 0,
+                       Mux(self.rd_part >= PARTS.index("fc2_b"), slot_base(self.job, 2),
+                           slot_base(self.job, 0)))
         raddr = Signal(range(self.memory_words + 1))
-        m.d.comb += raddr.eq(part_base + bank_off + local_w)
+        m.d.comb += raddr.eq(part_base + slot_off + local_w)
         sub_q = Signal(max(logP, 1))
         m.d.sync += sub_q.eq(sub)
         datas = []

@@ -103,6 +103,10 @@ class MoELayerConfig:
         Longest AXI burst (16 on the ZCU104 HP ports).
     max_outstanding : int
         Bursts in flight per port.
+    weight_slots : int
+        Half-expert slots of the DMA's weight buffer (:class:`~hdl.moe.dma.ExpertDMA`), at
+        least 2; 4 holds two whole experts, each slot more lets the fetch run half an expert
+        further ahead.
     """
 
     num_experts: int
@@ -119,9 +123,11 @@ class MoELayerConfig:
     addr_width: int = 32
     max_burst_beats: int = 16
     max_outstanding: int = 8
+    weight_slots: int = 4
 
     def __post_init__(self):
         check_moe_shape(self.num_experts, self.k)
+        check_int("weight_slots", self.weight_slots, 2)     # an fc1 and an fc2 half
         for name in ("tokens", "dim", "hidden", "num_tasks", "num_layers"):
             check_int(name, getattr(self, name))
         if not isinstance(self.compute, ComputeConfig):
@@ -304,7 +310,6 @@ class _Feeder(wiring.Component):
             "job": In(range(cfg.num_experts)),
             "busy": Out(1),
             "waiting": Out(1),
-            "rd_bank": Out(1),
             "rd_part": Out(range(len(PARTS) + 1)),
             "rd_addr": Out(range(max(self._max_reads(), 2))),
             "rd_data": In(dma_rd),
@@ -368,7 +373,7 @@ class _Feeder(wiring.Component):
         issued_q = Signal()          # a read was issued last cycle: its data is on rd_data
         meta_q = Signal(raw_layout)  # its metadata
         active = Signal()
-        m.d.comb += [self.busy.eq(active | q.o.valid | issued_q), self.rd_bank.eq(self.job[0])]
+        m.d.comb += self.busy.eq(active | q.o.valid | issued_q)
 
         # The segment being read: part, target, number of reads, outputs per read, tail.
         part = Signal(range(len(PARTS) + 1))
@@ -474,19 +479,19 @@ class MoELayer(wiring.Component):
         ROUTE    abuf → Softmax (scale 1) → TopK → Reorder (counting sort, on chip)
         for each used expert j = 0, 1, … (qref.expert_order: the largest and the smallest
                  token counts interleaved; unused experts skipped):
-          DMA    job j → bank j mod 2: its fc1 parts once job j−2's FC1 is done, its fc2
-                 parts once job j−2 is released (prefetch)
+          DMA    job j's fc1 half → slot 2j mod S, its fc2 half → slot (2j+1) mod S, each
+                 once the half S before it is released (S = weight_slots; prefetch)
           FC1    compute unit: H = GELU(u[tokens of j]·W1ᵀ + b1)  (X rows gathered from u,
                  hidden format, contiguous in the scratch area); release its fc1 parts
           FC2    compute unit: x[tokens of j] = saturate(x[tokens] + s ⊙ (H·W2ᵀ + b2))
                  (row scale = router scores; output rows scattered into x, accumulated)
-                 release bank j mod 2
+                 release its fc2 parts
 
     The compute unit takes the tokens' row offsets (token · row words) on its ``r`` stream and
     their scores on ``s``, both read from the reorder lists: no token row is copied.
 
-    The DMA fetches expert j+1 while expert j computes, each used expert's weights exactly once;
-    the weight buffers are the DMA's ping-pong banks. FC1 and FC2 read their weights as they
+    The DMA fetches the next experts while expert j computes, each used expert's weights exactly
+    once, into the ring of half-expert slots. FC1 and FC2 read their weights as they
     arrive (each read waits only for its own words, ``ExpertDMA.rd_avail``), so the first
     expert's products start with its first weights, not after its whole fetch. No phase waits
     on a count that a routing could make wrong: one expert receiving every token, experts with no
@@ -584,7 +589,8 @@ class MoELayer(wiring.Component):
                                 score_width=nx.prob.width)
         self._dma = ExpertDMA(cfg.layout, ports=cfg.ports, addr_width=cfg.addr_width,
                               max_burst_beats=cfg.max_burst_beats,
-                              max_outstanding=cfg.max_outstanding, read_words=cfg.read_words)
+                              max_outstanding=cfg.max_outstanding, read_words=cfg.read_words,
+                              slots=cfg.weight_slots)
         self._feeder = _Feeder(cfg)
         self._geometry = Geometry(cfg.layout)
         aw = cfg.addr_width
@@ -744,7 +750,6 @@ class MoELayer(wiring.Component):
         connect(m, fd.w, cu.w)
         connect(m, fd.b, cu.b)
         m.d.comb += [
-            dma.rd_bank.eq(fd.rd_bank),
             dma.rd_part.eq(fd.rd_part),
             dma.rd_addr.eq(fd.rd_addr),
             fd.rd_data.eq(dma.rd_data),
@@ -1052,7 +1057,7 @@ class MoELayer(wiring.Component):
 
             with m.State("FC2"):
                 # Output rows scaled by the scores and added into x at the tokens' offsets.
-                # FC1 is done with its weights: the DMA may fetch job + 2's fc1 parts.
+                # FC1 is done with its weights: the DMA may reuse their slot.
                 m.d.sync += issue(cmd_fc2, cur.count, hbase, xbase, k=shp.hidden, n=shp.dim,
                                   x_stride=Hw, y_stride=Wd)
                 m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC2), f_go.eq(1),
@@ -1063,7 +1068,7 @@ class MoELayer(wiring.Component):
                 cu_done_check("RELEASE")
 
             with m.State("RELEASE"):
-                # The bank's weights are consumed: the DMA may refill it with job + 2.
+                # The job's weights are consumed: the DMA may reuse its fc2 slot.
                 m.d.comb += dma.release.eq(1)
                 m.d.sync += job.eq(job + 1)
                 m.next = "EXPERT"
