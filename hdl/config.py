@@ -71,7 +71,8 @@ class AccelConfig:
         serves the attention rows and the MoE router's (rows of ``num_experts`` logits).
     axi_ports : int
         AXI4 masters ``m_axi_0 … m_axi_{axi_ports−1}``, 1..4 (one per PS HP port). Port 0
-        carries the program, activations and results; the parameter stream reads
+        carries the program; LOAD and STORE are spread over ``load_ports`` / ``store_ports`` of
+        them from port 0 on; the parameter stream reads
         ``stream_ports`` of the others (from port 0 on when there are not enough others); the MoE
         engine's DMA uses ``moe_ports`` of them.
     stream_ports : int or None
@@ -254,6 +255,12 @@ class AccelConfig:
     def load_ports(self):
         """AXI read ports a LOAD is spread over (:class:`hdl.engines.LoadEngine`): like the MoE
         DMA, the largest of 1, 2, 4 not above ``axi_ports``."""
+        return self.moe_ports
+
+    @property
+    def store_ports(self):
+        """AXI ports a STORE writes through at once (:class:`hdl.engines.StoreEngine`), ports
+        ``0 … store_ports − 1``: like a LOAD, the largest of 1, 2, 4 not above ``axi_ports``."""
         return self.moe_ports
 
     @property

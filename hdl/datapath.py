@@ -123,7 +123,8 @@ class Datapath(wiring.Component):
                                max_burst_beats=c.max_burst_beats,
                                max_outstanding=c.max_outstanding)
         self.store = StoreEngine(lanes=L, addr_bits=cc.addr_bits, addr_width=aw,
-                                 data_width=dw, max_burst_beats=c.max_burst_beats)
+                                 data_width=dw, ports=c.store_ports,
+                                 max_burst_beats=c.max_burst_beats)
         self.prog_reader = AXI4ReadMaster(addr_width=aw, data_width=dw, id_width=1,
                                           max_burst_beats=c.max_burst_beats, max_outstanding=2)
         lc, sc = c.layernorm, c.softmax
@@ -177,13 +178,13 @@ class Datapath(wiring.Component):
         for j, p in enumerate(c.param_ports):
             readers[p].append(getattr(self.params, f"bus{j}"))
         for p in range(c.axi_ports):
-            mux = AXIPortMux(len(readers[p]), write=(p == 0), addr_width=aw, data_width=dw,
-                             inner_id_width=1, id_width=c.axi_id_width)
+            mux = AXIPortMux(len(readers[p]), write=(p < c.store_ports), addr_width=aw,
+                             data_width=dw, inner_id_width=1, id_width=c.axi_id_width)
             m.submodules[f"port{p}_mux"] = mux
             for i, bus in enumerate(readers[p]):
                 connect(m, bus, getattr(mux, f"r{i}"))
-            if p == 0:
-                connect(m, self.store.bus, mux.w)
+            if p < c.store_ports:
+                connect(m, getattr(self.store, f"bus{p}"), mux.w)
             connect(m, flipped(getattr(self, f"port{p}")), mux.bus)
 
     # -- hardware -----------------------------------------------------------------------------

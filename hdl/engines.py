@@ -780,11 +780,15 @@ class LoadEngine(wiring.Component):
 
 
 class StoreEngine(wiring.Component):
-    """Copy ``words`` activation-buffer words from ``abuf_addr`` to DDR at ``addr``.
+    """Copy ``words`` activation-buffer words from ``abuf_addr`` to DDR at ``addr``, through
+    ``ports`` AXI write managers at once.
 
-    Reads one word per cycle (with credits), packs them into bus words (a partial last bus word
-    is zero padded) and writes one command of ``ceil(words·L·16 / data_width)`` bus words.
-    ``busy`` falls when the write response of the last burst has arrived (the data is in DDR).
+    The copy is cut into ``ports`` contiguous pieces of ``ceil(words / ports)`` words (rounded up
+    to whole bus words), one write command per manager. The buffer is read one word per cycle
+    (with credits), round robin between the pieces with room in their queue; each piece's words
+    are packed into bus words (a partial last bus word is zero padded) and written by its
+    manager, so the managers write concurrently. ``busy`` falls when the write response of the
+    last burst of every piece has arrived (the data is in DDR).
 
     Members
     -------
@@ -794,25 +798,30 @@ class StoreEngine(wiring.Component):
     words : In(24)
     busy : Out(1)
     waiting : Out(1)
-        Busy, and every word has been read from the buffer or the writer is not taking data.
+        Busy, and no buffer word read in this cycle (every word has been read, or the writers
+        are not taking data).
     ext : Out(ext_request_layout)
     ext_rdata : In(L·16)
         The port's reads are always taken: a STORE runs while the compute unit is idle.
-    bus : Out(AXI4Signature)
+    bus<j> : Out(AXI4Signature), for each of the ``ports`` managers
     error : Out(1)
     """
 
     QUEUE = 4
 
-    def __init__(self, *, lanes, addr_bits, addr_width, data_width, max_burst_beats=16,
+    def __init__(self, *, lanes, addr_bits, addr_width, data_width, ports=1, max_burst_beats=16,
                  max_outstanding=4):
+        if ports not in (1, 2, 4):
+            raise ValueError(f"ports must be 1, 2 or 4, not {ports!r}")
         self._L = lanes
         self._ab = addr_bits
         self._dw = data_width
-        self._master = AXI4WriteMaster(addr_width=addr_width, data_width=data_width,
-                                       id_width=1, max_burst_beats=max_burst_beats,
-                                       max_outstanding=max_outstanding)
-        super().__init__({
+        self._ports = ports
+        self._masters = [AXI4WriteMaster(addr_width=addr_width, data_width=data_width,
+                                         id_width=1, max_burst_beats=max_burst_beats,
+                                         max_outstanding=max_outstanding)
+                         for _ in range(ports)]
+        members = {
             "start": In(1),
             "addr": In(addr_width),
             "abuf_addr": In(addr_bits),
@@ -821,49 +830,115 @@ class StoreEngine(wiring.Component):
             "waiting": Out(1),
             "ext": Out(ext_request_layout(addr_bits, lanes * 16)),
             "ext_rdata": In(lanes * 16),
-            "bus": Out(self._master.bus.signature),
             "error": Out(1),
-        })
+        }
+        for j in range(ports):
+            members[f"bus{j}"] = Out(self._masters[j].bus.signature)
+        super().__init__(members)
+
+    @property
+    def ports(self):
+        """AXI write managers the copy is spread over."""
+        return self._ports
 
     def elaborate(self, platform):
         m = Module()
         wb = self._L * 16
         dw = self._dw
-        m.submodules.writer = wr = self._master
-        connect(m, flipped(self.bus), wr.bus)
-        m.submodules.pack = pk = Packer(wb, dw, (1 << 24) - 1)
-        m.submodules.words_q = q = Queue(wb, self.QUEUE, buffered=False)
-        if wb >= dw:
-            beats = self.words << _log2(wb // dw)
-        else:
+        P = self._ports
+        per_beat = max(dw // wb, 1)
+        word_bytes = wb // 8
+
+        def beats_of(words):
+            if wb >= dw:
+                return words << _log2(wb // dw)
             sh = _log2(dw // wb)
-            beats = (self.words + (1 << sh) - 1) >> sh
-        cmd_pending = Signal()
-        active = Signal()
-        m.d.comb += [wr.cmd.payload.addr.eq(self.addr), wr.cmd.payload.beats.eq(beats),
-                     wr.cmd.valid.eq(cmd_pending), self.error.eq(wr.error)]
-        with m.If(wr.cmd.ready):
-            m.d.sync += cmd_pending.eq(0)
-        left = Signal(24)
-        raddr = Signal(self._ab)
-        issued = Signal()
-        read = Signal()
-        m.d.comb += read.eq((left != 0) & (q.level + issued < self.QUEUE) & ~self.start)
-        m.d.sync += issued.eq(read)
-        m.d.comb += [q.i.valid.eq(issued), q.i.payload.eq(self.ext_rdata),
-                     self.ext.r_addr.eq(raddr), self.ext.w_en.eq(0)]
-        with m.If(read):
-            m.d.sync += [raddr.eq(raddr + 1), left.eq(left - 1)]
-        connect(m, q.o, pk.i)
-        m.d.comb += [pk.start.eq(self.start), pk.count.eq(self.words)]
-        connect(m, pk.o, wr.data)
+            return (words + (1 << sh) - 1) >> sh
+
+        # Piece size: ceil(words / P), rounded up to whole bus words.
+        piece = Signal(24)
+        words_q = Signal(24)
+        abuf_q = Signal(self._ab)
+        addr_q = Signal.like(self.addr)
+        share = (self.words + P - 1) >> _log2(P)
         with m.If(self.start):
-            m.d.sync += [cmd_pending.eq(self.words != 0), left.eq(self.words),
-                         raddr.eq(self.abuf_addr), active.eq(self.words != 0)]
-        with m.Elif(wr.done | wr.error):
-            m.d.sync += active.eq(0)
+            m.d.sync += [
+                piece.eq(((share + per_beat - 1) >> _log2(per_beat)) << _log2(per_beat)),
+                words_q.eq(self.words), abuf_q.eq(self.abuf_addr), addr_q.eq(self.addr),
+            ]
+        # The pieces start one cycle after `start` (the piece size is registered).
+        go = Signal()
+        m.d.sync += go.eq(self.start)
+
+        queues, lefts, raddrs, actives, room = [], [], [], [], []
+        issued = Signal(P)          # the piece whose word was read last cycle (one-hot)
+        for j, wr in enumerate(self._masters):
+            m.submodules[f"writer{j}"] = wr
+            connect(m, flipped(getattr(self, f"bus{j}")), wr.bus)
+            pk = Packer(wb, dw, (1 << 24) - 1)
+            q = Queue(wb, self.QUEUE, buffered=False)
+            m.submodules[f"pack{j}"] = pk
+            m.submodules[f"words_q{j}"] = q
+            first = Signal(24, name=f"first{j}")
+            count = Signal(24, name=f"count{j}")
+            m.d.comb += [
+                first.eq(piece * j),
+                count.eq(Mux(words_q > first,
+                             Mux(words_q - first > piece, piece, words_q - first), 0)),
+            ]
+            cmd_pending = Signal(name=f"cmd_pending{j}")
+            active = Signal(name=f"active{j}")
+            left = Signal(24, name=f"left{j}")
+            raddr = Signal(self._ab, name=f"raddr{j}")
+            m.d.comb += [
+                wr.cmd.payload.addr.eq(addr_q + first * word_bytes),
+                wr.cmd.payload.beats.eq(beats_of(count)),
+                wr.cmd.valid.eq(cmd_pending),
+                q.i.valid.eq(issued[j]), q.i.payload.eq(self.ext_rdata),
+                pk.start.eq(go), pk.count.eq(count),
+            ]
+            connect(m, q.o, pk.i)
+            connect(m, pk.o, wr.data)
+            with m.If(wr.cmd.ready):
+                m.d.sync += cmd_pending.eq(0)
+            with m.If(go):
+                m.d.sync += [cmd_pending.eq(count != 0), active.eq(count != 0),
+                             left.eq(count), raddr.eq(abuf_q + first)]
+            with m.Elif(wr.done | wr.error):
+                m.d.sync += active.eq(0)
+            with m.If(self.start):
+                m.d.sync += [left.eq(0), active.eq(0)]
+            queues.append(q)
+            lefts.append(left)
+            raddrs.append(raddr)
+            actives.append(active)
+            room.append((left != 0) & (q.level + issued[j] < self.QUEUE))
+
+        # One buffer read per cycle: round robin between the pieces with words left and room.
+        turn = Signal(range(max(P, 2)))
+        grant = Signal(P)
+        elig = Signal(P)
+        m.d.comb += elig.eq(Mux(self.start | go, 0, Cat(*room)))
+        for k in range(P):
+            with m.If(turn == k):
+                for i in range(P):
+                    j = (k + i) % P
+                    earlier = [(k + t) % P for t in range(i)]
+                    m.d.comb += grant[j].eq(
+                        elig[j] & ~Cat(*(elig[e] for e in earlier)).any() if earlier
+                        else elig[j])
+        r_addr = raddrs[0]
+        for j in range(1, P):
+            r_addr = Mux(grant[j], raddrs[j], r_addr)
+        m.d.comb += [self.ext.r_addr.eq(r_addr), self.ext.w_en.eq(0)]
+        m.d.sync += issued.eq(grant)
+        for j in range(P):
+            with m.If(grant[j]):
+                m.d.sync += [raddrs[j].eq(raddrs[j] + 1), lefts[j].eq(lefts[j] - 1),
+                             turn.eq((j + 1) % P)]
         m.d.comb += [
-            self.busy.eq(active),
-            self.waiting.eq(active & (left == 0)),
+            self.busy.eq(Cat(*actives).any() | self.start | go),
+            self.waiting.eq(self.busy & ~grant.any()),
+            self.error.eq(Cat(*(wr.error for wr in self._masters)).any()),
         ]
         return m

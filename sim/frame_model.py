@@ -162,8 +162,10 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             break
         if op in (Opcode.LOAD, Opcode.STORE):
             nbytes = -(-f["words"] * L * 2 // beat) * beat
-            # A LOAD reads load_ports ports at once (at most one buffer word per cycle).
-            rate = min(port * c.load_ports, agg, 2 * L) if op == Opcode.LOAD else min(beat, port)
+            # A LOAD reads load_ports ports at once, a STORE writes store_ports (at most one
+            # buffer word per cycle).
+            ports = c.load_ports if op == Opcode.LOAD else c.store_ports
+            rate = min(port * ports, agg, 2 * L)
             add(op.name, latency + nbytes / rate + 8, 0, nbytes)
         elif op == Opcode.MATMUL:
             flags = MatmulFlags(f["flags"])
