@@ -39,6 +39,61 @@ def _log2(v):
     return (v - 1).bit_length() if v > 1 else 0
 
 
+def _beats_of(words, wb, dw):
+    """Bus words (of ``dw`` bits) that ``words`` buffer words of ``wb`` bits take."""
+    if wb >= dw:
+        return words << _log2(wb // dw)
+    sh = _log2(dw // wb)
+    return (words + (1 << sh) - 1) >> sh
+
+
+def _pieces(m, engine, P, wb, dw):
+    """The LOAD / STORE copy of ``engine`` (its ``start``, ``words``, ``addr``, ``abuf_addr``)
+    cut into ``P`` contiguous pieces of ``ceil(words / P)`` words, rounded up to whole bus
+    words. Returns ``go`` (the cycle after ``start``, when the pieces start) and, per piece,
+    ``(count, ddr_addr, abuf_addr)``: its word count (0 for a piece past the end) and where it
+    starts in DDR and in the buffer."""
+    per_beat = max(dw // wb, 1)
+    piece = Signal(24)
+    words_q = Signal(24)
+    abuf_q = Signal.like(engine.abuf_addr)
+    addr_q = Signal.like(engine.addr)
+    share = (engine.words + P - 1) >> _log2(P)
+    with m.If(engine.start):
+        m.d.sync += [
+            piece.eq(((share + per_beat - 1) >> _log2(per_beat)) << _log2(per_beat)),
+            words_q.eq(engine.words), abuf_q.eq(engine.abuf_addr), addr_q.eq(engine.addr),
+        ]
+    # The pieces start one cycle after `start` (the piece size is registered).
+    go = Signal()
+    m.d.sync += go.eq(engine.start)
+    out = []
+    for j in range(P):
+        first = Signal(24, name=f"first{j}")
+        count = Signal(24, name=f"count{j}")
+        m.d.comb += [
+            first.eq(piece * j),
+            count.eq(Mux(words_q > first,
+                         Mux(words_q - first > piece, piece, words_q - first), 0)),
+        ]
+        out.append((count, addr_q + first * (wb // 8), abuf_q + first))
+    return go, out
+
+
+def _round_robin(m, turn, valid, P):
+    """One-hot grant of the first of ``valid``'s ``P`` bits at or after ``turn``."""
+    grant = Signal(P)
+    for k in range(P):
+        with m.If(turn == k):
+            for i in range(P):
+                j = (k + i) % P
+                earlier = [(k + t) % P for t in range(i)]
+                m.d.comb += grant[j].eq(
+                    valid[j] & ~Cat(*(valid[e] for e in earlier)).any() if earlier
+                    else valid[j])
+    return grant
+
+
 def ext_request_layout(addr_bits, word_bits):
     """What an engine drives on the activation buffer's external port: ``r_addr`` (the read
     data comes back one cycle later), ``w_addr``, ``w_en``, ``w_data``: a read and a write in the
@@ -685,30 +740,7 @@ class LoadEngine(wiring.Component):
         wb = self._L * 16
         dw = self._dw
         P = self._ports
-        # Words per bus word (pieces stay bus-word aligned) and bytes per buffer word.
-        per_beat = max(dw // wb, 1)
-        word_bytes = wb // 8
-
-        def beats_of(words):
-            if wb >= dw:
-                return words << _log2(wb // dw)
-            sh = _log2(dw // wb)
-            return (words + (1 << sh) - 1) >> sh
-
-        # Piece size: ceil(words / P), rounded up to whole bus words.
-        piece = Signal(24)
-        words_q = Signal(24)
-        abuf_q = Signal(self._ab)
-        addr_q = Signal.like(self.addr)
-        share = (self.words + P - 1) >> _log2(P)
-        with m.If(self.start):
-            m.d.sync += [
-                piece.eq(((share + per_beat - 1) >> _log2(per_beat)) << _log2(per_beat)),
-                words_q.eq(self.words), abuf_q.eq(self.abuf_addr), addr_q.eq(self.addr),
-            ]
-        # The pieces start one cycle after `start` (the piece size is registered).
-        go = Signal()
-        m.d.sync += go.eq(self.start)
+        go, pieces = _pieces(m, self, P, wb, dw)
 
         ups, waddrs, pending = [], [], []
         for j, rd in enumerate(self._masters):
@@ -718,42 +750,27 @@ class LoadEngine(wiring.Component):
             m.submodules[f"unpack{j}"] = up
             m.d.comb += [up.i.valid.eq(rd.data.valid), up.i.payload.eq(rd.data.payload.data),
                          rd.data.ready.eq(up.i.ready)]
-            first = Signal(24, name=f"first{j}")
-            count = Signal(24, name=f"count{j}")
-            m.d.comb += [
-                first.eq(piece * j),
-                count.eq(Mux(words_q > first,
-                             Mux(words_q - first > piece, piece, words_q - first), 0)),
-            ]
+            count, ddr_addr, abuf_addr = pieces[j]
             cmd_pending = Signal(name=f"cmd_pending{j}")
             waddr = Signal(self._ab, name=f"waddr{j}")
             m.d.comb += [
-                rd.cmd.payload.addr.eq(addr_q + first * word_bytes),
-                rd.cmd.payload.beats.eq(beats_of(count)),
+                rd.cmd.payload.addr.eq(ddr_addr),
+                rd.cmd.payload.beats.eq(_beats_of(count, wb, dw)),
                 rd.cmd.valid.eq(cmd_pending),
                 up.start.eq(go), up.count.eq(count),
             ]
             with m.If(rd.cmd.ready):
                 m.d.sync += cmd_pending.eq(0)
             with m.If(go):
-                m.d.sync += [cmd_pending.eq(count != 0), waddr.eq(abuf_q + first)]
+                m.d.sync += [cmd_pending.eq(count != 0), waddr.eq(abuf_addr)]
             ups.append(up)
             waddrs.append(waddr)
             pending.append(cmd_pending)
 
         # One buffer write per cycle: round robin between the pieces with a word ready.
         turn = Signal(range(max(P, 2)))
-        grant = Signal(P)
         valids = Cat(*(up.o.valid for up in ups))
-        for k in range(P):
-            # Priority starts at `turn`: piece (turn + k) mod P wins if none before it is valid.
-            with m.If(turn == k):
-                for i in range(P):
-                    j = (k + i) % P
-                    earlier = [(k + t) % P for t in range(i)]
-                    m.d.comb += grant[j].eq(
-                        valids[j] & ~Cat(*(valids[e] for e in earlier)).any() if earlier
-                        else valids[j])
+        grant = _round_robin(m, turn, valids, P)
         # The granted piece's word (grant is one-hot; plain muxes keep the port's fields
         # continuous assignments).
         w_addr, w_data = waddrs[0], ups[0].o.payload
@@ -846,31 +863,9 @@ class StoreEngine(wiring.Component):
         wb = self._L * 16
         dw = self._dw
         P = self._ports
-        per_beat = max(dw // wb, 1)
-        word_bytes = wb // 8
+        go, pieces = _pieces(m, self, P, wb, dw)
 
-        def beats_of(words):
-            if wb >= dw:
-                return words << _log2(wb // dw)
-            sh = _log2(dw // wb)
-            return (words + (1 << sh) - 1) >> sh
-
-        # Piece size: ceil(words / P), rounded up to whole bus words.
-        piece = Signal(24)
-        words_q = Signal(24)
-        abuf_q = Signal(self._ab)
-        addr_q = Signal.like(self.addr)
-        share = (self.words + P - 1) >> _log2(P)
-        with m.If(self.start):
-            m.d.sync += [
-                piece.eq(((share + per_beat - 1) >> _log2(per_beat)) << _log2(per_beat)),
-                words_q.eq(self.words), abuf_q.eq(self.abuf_addr), addr_q.eq(self.addr),
-            ]
-        # The pieces start one cycle after `start` (the piece size is registered).
-        go = Signal()
-        m.d.sync += go.eq(self.start)
-
-        queues, lefts, raddrs, actives, room = [], [], [], [], []
+        lefts, raddrs, actives, room = [], [], [], []
         issued = Signal(P)          # the piece whose word was read last cycle (one-hot)
         for j, wr in enumerate(self._masters):
             m.submodules[f"writer{j}"] = wr
@@ -879,20 +874,14 @@ class StoreEngine(wiring.Component):
             q = Queue(wb, self.QUEUE, buffered=False)
             m.submodules[f"pack{j}"] = pk
             m.submodules[f"words_q{j}"] = q
-            first = Signal(24, name=f"first{j}")
-            count = Signal(24, name=f"count{j}")
-            m.d.comb += [
-                first.eq(piece * j),
-                count.eq(Mux(words_q > first,
-                             Mux(words_q - first > piece, piece, words_q - first), 0)),
-            ]
+            count, ddr_addr, abuf_addr = pieces[j]
             cmd_pending = Signal(name=f"cmd_pending{j}")
             active = Signal(name=f"active{j}")
             left = Signal(24, name=f"left{j}")
             raddr = Signal(self._ab, name=f"raddr{j}")
             m.d.comb += [
-                wr.cmd.payload.addr.eq(addr_q + first * word_bytes),
-                wr.cmd.payload.beats.eq(beats_of(count)),
+                wr.cmd.payload.addr.eq(ddr_addr),
+                wr.cmd.payload.beats.eq(_beats_of(count, wb, dw)),
                 wr.cmd.valid.eq(cmd_pending),
                 q.i.valid.eq(issued[j]), q.i.payload.eq(self.ext_rdata),
                 pk.start.eq(go), pk.count.eq(count),
@@ -903,12 +892,9 @@ class StoreEngine(wiring.Component):
                 m.d.sync += cmd_pending.eq(0)
             with m.If(go):
                 m.d.sync += [cmd_pending.eq(count != 0), active.eq(count != 0),
-                             left.eq(count), raddr.eq(abuf_q + first)]
+                             left.eq(count), raddr.eq(abuf_addr)]
             with m.Elif(wr.done | wr.error):
                 m.d.sync += active.eq(0)
-            with m.If(self.start):
-                m.d.sync += [left.eq(0), active.eq(0)]
-            queues.append(q)
             lefts.append(left)
             raddrs.append(raddr)
             actives.append(active)
@@ -916,17 +902,9 @@ class StoreEngine(wiring.Component):
 
         # One buffer read per cycle: round robin between the pieces with words left and room.
         turn = Signal(range(max(P, 2)))
-        grant = Signal(P)
         elig = Signal(P)
         m.d.comb += elig.eq(Mux(self.start | go, 0, Cat(*room)))
-        for k in range(P):
-            with m.If(turn == k):
-                for i in range(P):
-                    j = (k + i) % P
-                    earlier = [(k + t) % P for t in range(i)]
-                    m.d.comb += grant[j].eq(
-                        elig[j] & ~Cat(*(elig[e] for e in earlier)).any() if earlier
-                        else elig[j])
+        grant = _round_robin(m, turn, elig, P)
         r_addr = raddrs[0]
         for j in range(1, P):
             r_addr = Mux(grant[j], raddrs[j], r_addr)

@@ -20,8 +20,8 @@ DST = 0x2F00             # DDR destination: pieces start at various offsets, bur
 SIZE = 1 << 16
 
 
-def run_store(ports, lanes, words, *, abuf_addr, seed, latency=12, p_stall=0.0, bytes_per_cycle=None,
-              sim_args, observe=None, slverr=None):
+def run_store(ports, lanes, words, *, abuf_addr, seed, latency=12, p_stall=0.0,
+              bytes_per_cycle=None, sim_args, observe=None, slverr=None):
     wb = lanes * 16
     dut = StoreEngine(lanes=lanes, addr_bits=ADDR_BITS, addr_width=32, data_width=DW,
                       ports=ports, max_burst_beats=16, max_outstanding=4)

@@ -9,9 +9,10 @@ Modules
 :mod:`hdl.moe.topk`
     Streaming top-k over the router softmax's probability stream.
 :mod:`hdl.moe.reorder`
-    Counting sort of tokens into per-expert lists; iterator over the used experts.
+    Counting sort of tokens into per-expert lists; the used experts in the balanced order.
 :mod:`hdl.moe.dma`
-    Expert-weight DMA scheduler: AXI4 reads into ping-pong banks, prefetching expert e+1.
+    Expert-weight DMA scheduler: AXI4 reads into a ring of half-expert slots, prefetching the
+    next experts.
 :mod:`hdl.moe.geometry`
     The weight image's geometry computed in hardware from a model's MoE shape.
 :mod:`hdl.moe.layer`
