@@ -390,7 +390,7 @@ def expert_order(counts):
 
     Why: an expert's weights take the same time to fetch whatever its token count, its products
     take time in proportion to it. In ascending id, experts with a few tokens wait for their
-    weights and the DMA idles while one with many tokens computes (its two buffer banks full);
+    weights and the DMA idles while one with many tokens computes (its buffer full);
     taking the large ones early and following each with small ones keeps both busy. The order
     is part of the numerics: each expert's output is added to the residual with saturation, so
     the order can change a saturated sum.

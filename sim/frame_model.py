@@ -196,7 +196,8 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             router = lay.bytes_for_router()
             expert = lay.bytes_for_expert()
             logits = cu.cycles(cfg.tokens, cfg.dim, cfg.num_experts)
-            # ... + the reorder's prefix and scatter, then its scan for the first expert.
+            # The routing: 2·E cycles as before, plus the reorder's scatter (N·k) and its scan
+            # of the counters for the first expert (E).
             route = (moe_engine.setup_cycles + latency + router / moe_bw + logits
                      + cfg.tokens * mc.logit_words + sm_lat + 3 * cfg.num_experts
                      + cfg.tokens * cfg.top_k)
