@@ -463,11 +463,12 @@ class ExpertDMA(wiring.Component):
             c = (S - h + odd) // 2
             return job < (released if odd else fc1_free) + c
 
-        def slot_base(job, part):
-            """Word offset of job ``job``'s slot for ``part`` in a port memory."""
-            h = self._half(part)
-            return Array(Const(((2 * j + h) % S) * self.slot_words,
-                               range(S * self.slot_words + 1)) for j in range(E + 1))[job]
+        def slot_bases(job):
+            """Word offsets of job ``job``'s two slots (its fc1 half, its fc2 half) in a port
+            memory."""
+            return [Array(Const(((2 * j + h) % S) * self.slot_words,
+                                range(S * self.slot_words + 1)) for j in range(E + 1))[job]
+                    for h in (0, 1)]
 
         # Run-time chunks of each part and the length of its last chunk, of the latched
         # geometry and (for the write side's first part at start) of the input.
@@ -652,10 +653,11 @@ class ExpertDMA(wiring.Component):
                     with m.If(wcount == pwords[ROUTER] - 1):
                         m.d.sync += [wcount.eq(0), wr.eq(0), rd.eq(1)]
             with m.Else():
+                w_slots = slot_bases(wj)
                 with m.Switch(wp):
                     for i, x in enumerate(my_parts):
                         with m.Case(x):
-                            m.d.comb += local.eq(slot_base(wj, x) + bases[x] + wcount)
+                            m.d.comb += local.eq(w_slots[self._half(x)] + bases[x] + wcount)
                             with m.If(got):
                                 m.d.comb += word_e.eq(1)
                                 m.d.sync += wcount.eq(wcount + 1)
@@ -746,9 +748,9 @@ class ExpertDMA(wiring.Component):
             sub = Const(0, 1)
             local_w = w
         part_base = Array(Const(b, range(self.memory_words + 1)) for b in bases)[self.rd_part]
+        r_fc1, r_fc2 = slot_bases(self.job)
         slot_off = Mux(self.rd_part == ROUTER, 0,
-                       Mux(self.rd_part >= PARTS.index("fc2_b"), slot_base(self.job, 2),
-                           slot_base(self.job, 0)))
+                       Mux(self.rd_part >= PARTS.index("fc2_b"), r_fc2, r_fc1))
         raddr = Signal(range(self.memory_words + 1))
         m.d.comb += raddr.eq(part_base + slot_off + local_w)
         sub_q = Signal(max(logP, 1))
