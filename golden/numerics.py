@@ -22,6 +22,12 @@ tensor            format      where
 ``acc``           48 bits     the compute unit's accumulator; exact for K ≤ 2**16 (16×16-bit)
 ================  ==========  =====================================================================
 
+Expert weights (fc1/fc2 of the MoE experts) are ``weight`` values on a coarser grid: rounded to
+``expert_weight_bits`` = 14 bits (SQ(2,12), multiples of 2**-12), so that the DDR image stores
+them in 14 bits instead of 16 (:mod:`hdl.moe.layout`), an eighth less of the MoE layers'
+DDR traffic, which bounds them. They stay SQ(2,14) integers (with two zero low bits) in the
+twin and on the compute unit, so no product changes. The routers keep the full ``weight``.
+
 Every matrix operand is at most 16 bits, so one MAC maps onto one DSP48E2 (27×18). Two MACs per
 DSP (the INT8 packing of Xilinx WP486) needs 8-bit operands; these formats do not allow it.
 """
@@ -87,6 +93,11 @@ class Numerics:
         Fractional bits of the rsqrt result.
     ln_xhat_frac : int
         Fractional bits of the normalised LayerNorm value before the gain.
+    expert_weight_bits : int
+        Significant bits of an expert weight (fc1/fc2 of the MoE experts), at least
+        ``weight.i_bits + 1`` and at most ``weight.width``: the experts' weights are rounded to
+        :attr:`expert_weight_format` and kept in ``weight``, their low
+        :attr:`expert_weight_shift` bits zero (:func:`golden.twin.quantize_expert_weight`).
     """
 
     pixel: QFormat = SQ(4, 12)
@@ -115,6 +126,7 @@ class Numerics:
     rsqrt_table_bits: int = 7
     rsqrt_frac: int = 20
     ln_xhat_frac: int = 16
+    expert_weight_bits: int = 14
 
     def __post_init__(self):
         for f in fields(self):
@@ -147,11 +159,25 @@ class Numerics:
                              f"hidden format {self.hidden}")
         if self.prob.max_int < (1 << self.prob.f_bits) - 1:
             raise ValueError(f"prob format {self.prob} cannot hold probabilities near 1")
+        if not self.weight.i_bits < self.expert_weight_bits <= self.weight.width:
+            raise ValueError(f"expert_weight_bits ({self.expert_weight_bits}) must lie in "
+                             f"{self.weight.i_bits + 1}..{self.weight.width}: the weight format "
+                             f"{self.weight} with fewer fractional bits")
         if self.softmax_logit_frac < self.exp_table_bits:
             raise ValueError("softmax_logit_frac must be at least exp_table_bits")
         if self.softmax_logit_frac > 2 * self.exp_table_bits:
             raise ValueError("softmax_logit_frac must be at most 2·exp_table_bits: the two "
                              "exponential tables cover the fraction of the base-2 logit")
+
+    @property
+    def expert_weight_format(self):
+        """The grid of the experts' weights: ``weight`` with ``expert_weight_bits`` bits."""
+        return SQ(self.weight.i_bits, self.expert_weight_bits - self.weight.i_bits)
+
+    @property
+    def expert_weight_shift(self):
+        """Low bits of an expert weight that are zero in the ``weight`` format."""
+        return self.weight.width - self.expert_weight_bits
 
     def formats(self):
         """Mapping of tensor name to format, in the module table's order."""

@@ -228,9 +228,13 @@ def meets_targets(result):
                 and result["softmax_max_lsb_err"] <= t["softmax_max_lsb_err"])
 
 
-#: Alternatives measured by :func:`format_sweep`: each replaces some formats of the defaults.
+#: Alternatives measured by :func:`format_sweep`: each replaces some formats (or, an integer,
+#: the experts' weight bits) of the defaults. A narrower ``weight`` narrows the experts' weights
+#: with it where they would be wider.
 SWEEP = (
     ("defaults", {}),
+    ("expert weights 16 bits", {"expert_weight_bits": 16}),
+    ("expert weights 12 bits", {"expert_weight_bits": 12}),
     ("weight SQ(2,12)", {"weight": "SQ(2,12)"}),
     ("weight SQ(2,10)", {"weight": "SQ(2,10)"}),
     ("weight SQ(2,8)", {"weight": "SQ(2,8)"}),
@@ -247,7 +251,11 @@ def format_sweep(config="m3vit-tiny", seeds=(0,), images_per_seed=1):
     from .fixed import SQ
     rows = []
     for name, change in SWEEP:
-        fmts = {k: SQ(*map(int, v[3:-1].split(","))) for k, v in change.items()}
+        fmts = {k: v if isinstance(v, int) else SQ(*map(int, v[3:-1].split(",")))
+                for k, v in change.items()}
+        if "weight" in fmts:
+            fmts.setdefault("expert_weight_bits", min(DEFAULT_NUMERICS.expert_weight_bits,
+                                                      fmts["weight"].width))
         nx = dataclasses.replace(DEFAULT_NUMERICS, **fmts)
         r = fidelity_report(config, seeds, images_per_seed, numerics=nx)
         rows.append({"variant": name, "cosine": r["cosine"], "nmse": r["nmse"],

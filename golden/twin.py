@@ -20,8 +20,8 @@ from .config import ModelConfig, get_config
 from .fixed import quantize
 from .numerics import DEFAULT_NUMERICS, Numerics
 
-__all__ = ["QuantizedModel", "quantize_params", "quantize_image", "image_patches",
-           "twin_forward"]
+__all__ = ["QuantizedModel", "quantize_params", "quantize_expert_weight", "quantize_image",
+           "image_patches", "twin_forward"]
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,19 @@ def _get(state, key, shape):
     return value
 
 
+def quantize_expert_weight(values, numerics=DEFAULT_NUMERICS):
+    """Quantise expert weights: rounded half to even and saturated to
+    ``numerics.expert_weight_format``, returned as ``weight`` integers (their low
+    ``expert_weight_shift`` bits zero; see :mod:`golden.numerics`)."""
+    return quantize(values, numerics.expert_weight_format) << numerics.expert_weight_shift
+
+
 def quantize_params(state, cfg, numerics=DEFAULT_NUMERICS):
     """Quantise a float state dict in the upstream M³ViT key layout.
 
     Values are rounded half to even and saturated to their formats (see
-    :mod:`golden.numerics`). Missing or misshaped keys raise ``ValueError`` naming the key.
+    :mod:`golden.numerics`; expert weights with :func:`quantize_expert_weight`). Missing or
+    misshaped keys raise ``ValueError`` naming the key.
     """
     cfg = get_config(cfg)
     nx = numerics
@@ -83,9 +91,9 @@ def quantize_params(state, cfg, numerics=DEFAULT_NUMERICS):
         p[b + "proj_b"] = quantize(_get(state, b + "attn.proj.bias", (d,)), nx.bias)
         if cfg.is_moe(i):
             m = b + "mlp.experts."
-            p[b + "w1"] = quantize(_get(state, m + "htoh4.weight", (e, hd, d)), nx.weight)
+            p[b + "w1"] = quantize_expert_weight(_get(state, m + "htoh4.weight", (e, hd, d)), nx)
             p[b + "b1"] = quantize(_get(state, m + "htoh4.bias", (e, hd)), nx.bias)
-            p[b + "w2"] = quantize(_get(state, m + "h4toh.weight", (e, d, hd)), nx.weight)
+            p[b + "w2"] = quantize_expert_weight(_get(state, m + "h4toh.weight", (e, d, hd)), nx)
             p[b + "b2"] = quantize(_get(state, m + "h4toh.bias", (e, d)), nx.bias)
             p[b + "gate"] = np.stack([
                 quantize(_get(state, b + f"mlp.gate.{t}.w_gate", (d, e)).T, nx.weight)

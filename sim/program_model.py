@@ -275,7 +275,7 @@ class ProgramModel:
 
     def _moe(self, f, read, image_addr, task, image_bytes):
         from hdl.moe.layer import SHAPE_FIELDS
-        from hdl.moe.layout import PARTS, ImageLayout, SystolicOrder
+        from hdl.moe.layout import PARTS, ImageLayout, SystolicOrder, decode_weights
         c = self.config
         nx = c.numerics
         a = c.compute.array
@@ -289,7 +289,8 @@ class ProgramModel:
         lay = ImageLayout(num_layers=shape["num_layers"], num_experts=shape["num_experts"],
                           num_tasks=shape["num_tasks"], dim=shape["dim"],
                           hidden=shape["hidden"], data_width=c.axi_data_width,
-                          order=SystolicOrder(a.rows, a.cols))
+                          order=SystolicOrder(a.rows, a.cols),
+                          expert_weight_bits=nx.expert_weight_bits)
         layer = f["layer"]
         if layer >= lay.num_layers or task >= lay.num_tasks:
             raise ProgramFault(ErrorCode.PROGRAM_ERROR, f"MoE layer {layer} or task {task} "
@@ -300,9 +301,10 @@ class ProgramModel:
         od = lay.order
         d, h, E = shape["dim"], shape["hidden"], shape["num_experts"]
 
-        def matrix(off, n, k):
+        def matrix(off, n, k, bits=16):
+            # A router (16-bit weights) or an expert's weights (`bits` each).
             idx = od.weights(n, k)
-            raw = np.frombuffer(read(image_addr + off, 2 * len(idx)), dtype="<i2")
+            raw = decode_weights(read(image_addr + off, -(-bits * len(idx) // 8)), len(idx), bits)
             out = np.zeros(n * k, dtype=np.int64)
             sel = idx >= 0
             out[idx[sel]] = raw[sel]
@@ -324,10 +326,11 @@ class ProgramModel:
         _, _, idx, scores = qref.route(u, gate, shape["k"], nx)
         for e, tokens, s in qref.reorder(idx, scores, E):
             off = {p: lay.part_offset(layer, e, p) for p in PARTS}
-            hid = qref.linear(u[tokens], matrix(off["fc1_w"], h, d), vector(off["fc1_b"], h),
+            eb = lay.expert_weight_bits
+            hid = qref.linear(u[tokens], matrix(off["fc1_w"], h, d, eb), vector(off["fc1_b"], h),
                               x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.hidden, numerics=nx,
                               gelu=True)
-            x[tokens] = qref.linear(hid, matrix(off["fc2_w"], d, h), vector(off["fc2_b"], d),
+            x[tokens] = qref.linear(hid, matrix(off["fc2_w"], d, h, eb), vector(off["fc2_b"], d),
                                     x_fmt=nx.hidden, w_fmt=nx.weight, out_fmt=nx.act,
                                     numerics=nx, row_scale=s, accumulate=x[tokens])
         self._store_elems(f["x_base"], rw, x)

@@ -13,7 +13,7 @@ from golden import qref
 from golden.config import ModelConfig, get_config
 from golden.fixed import quantize
 from golden.numerics import DEFAULT_NUMERICS
-from golden.twin import QuantizedModel, twin_forward
+from golden.twin import QuantizedModel, quantize_expert_weight, twin_forward
 from hdl import isa
 from hdl.compiler import compile_model, ln_eps_int, softmax_scale_int
 from hdl.config import AccelConfig, get_accel_config
@@ -37,6 +37,9 @@ def random_model(cfg, seed=0, nx=DEFAULT_NUMERICS):
     def b(*shape):
         return quantize(rng.normal(0, 0.02, shape), nx.bias)
 
+    def we(*shape, std):
+        return quantize_expert_weight(np.clip(rng.normal(0, std, shape), -2 * std, 2 * std), nx)
+
     p = {"patch_w": w(d, cfg.patch_dim, std=cfg.patch_dim ** -0.5), "patch_b": b(d),
          "pos": quantize(rng.normal(0, 0.5, (n, d)), nx.act)}
     for i in range(cfg.depth):
@@ -47,8 +50,8 @@ def random_model(cfg, seed=0, nx=DEFAULT_NUMERICS):
         p[k + "qkv_w"], p[k + "qkv_b"] = w(3 * d, d, std=d ** -0.5), b(3 * d)
         p[k + "proj_w"], p[k + "proj_b"] = w(d, d, std=d ** -0.5), b(d)
         if cfg.is_moe(i):
-            p[k + "w1"], p[k + "b1"] = w(e, hd, d, std=d ** -0.5), b(e, hd)
-            p[k + "w2"], p[k + "b2"] = w(e, d, hd, std=hd ** -0.5), b(e, d)
+            p[k + "w1"], p[k + "b1"] = we(e, hd, d, std=d ** -0.5), b(e, hd)
+            p[k + "w2"], p[k + "b2"] = we(e, d, hd, std=hd ** -0.5), b(e, d)
             p[k + "gate"] = w(cfg.num_tasks, e, d, std=e ** -0.5)
         else:
             h = cfg.mlp_hidden

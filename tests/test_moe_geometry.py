@@ -34,16 +34,18 @@ def run_geometry(big, layouts, sim_args):
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), array=st.sampled_from([(32, 32), (16, 4), (4, 8), (8, 8), (2, 2)]),
-       data_width=st.sampled_from([64, 128, 256, 512]))
-def test_geometry_matches_layout(data, array, data_width, sim_args):
-    """Any shape within the largest, any array and bus: the geometry of its ImageLayout."""
+       data_width=st.sampled_from([64, 128, 256, 512]),
+       bits=st.sampled_from([16, 14, 12, 10]))
+def test_geometry_matches_layout(data, array, data_width, bits, sim_args):
+    """Any shape within the largest, any array, bus and expert weight width: the geometry of
+    its ImageLayout."""
     order = SystolicOrder(*array)
     big = _layout(order, data_width, num_layers=6, num_experts=16, num_tasks=5, dim=200,
-                  hidden=400)
+                  hidden=400, expert_weight_bits=bits)
     layouts = [big]
     for _ in range(4):
         layouts.append(_layout(
-            order, data_width,
+            order, data_width, expert_weight_bits=bits,
             num_layers=data.draw(st.integers(1, 6), label="L"),
             num_experts=data.draw(st.integers(1, 16), label="E"),
             num_tasks=data.draw(st.integers(1, 5), label="T"),
@@ -60,8 +62,8 @@ def test_presets(sim_args):
     from golden.config import get_config
     from hdl.moe.layout import layout_for
     order = SystolicOrder(32, 32)
-    tiny = layout_for(get_config("m3vit-tiny"), order=order)
-    micro = layout_for(get_config("micro"), order=order)
+    tiny = layout_for(get_config("m3vit-tiny"), order=order, expert_weight_bits=14)
+    micro = layout_for(get_config("micro"), order=order, expert_weight_bits=14)
     got = run_geometry(tiny, [micro, tiny, micro], sim_args)
     t = geometry_layout(tiny)
     for lay, g in zip([micro, tiny, micro], got):
@@ -74,6 +76,10 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match="SystolicOrder"):
         Geometry(ImageLayout(num_layers=1, num_experts=2, num_tasks=1, dim=8, hidden=8,
                              order=RowMajorOrder()))
+    with pytest.raises(ValueError, match=r"a weight tile of 1 × 1 expert weights of 14 bits is "
+                                         r"not a whole number of bytes"):
+        Geometry(ImageLayout(num_layers=1, num_experts=2, num_tasks=1, dim=8, hidden=8,
+                             order=SystolicOrder(1, 1), expert_weight_bits=14))
     with pytest.raises(TypeError):
         shape_layout(None)
     with pytest.raises(TypeError):

@@ -3,10 +3,13 @@
 """Tests of hdl/moe/layer.py: whole MoE layers in simulation, bit-exact against the integer
 twin, with the DDR model (latency, jitter, bandwidth cap) and the AXI checker on every port."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from golden.config import ModelConfig, get_config
+from golden.numerics import DEFAULT_NUMERICS as NX
 from hdl.moe.layer import MoELayer, MoELayerConfig, Status
 from hdl.moe.layout import pack
 from hdl.systolic.config import ArrayConfig, ComputeConfig
@@ -138,6 +141,20 @@ def test_weight_slots(slots, ports, sim_args):
     _check(res, qm, u, x, 1)
 
 
+@pytest.mark.parametrize("bits, load_words", [(16, 2), (11, 2), (13, 1)])
+def test_expert_weight_bits(bits, load_words, sim_args):
+    """Expert weights stored in 16 bits (no gearbox), 11 or 13 (a gearbox of 88-bit transfers
+    from 128-bit reads, or 52-bit ones): bit-exact, each expert's image bytes fetched once."""
+    nx = dataclasses.replace(NX, expert_weight_bits=bits)
+    cfg = _synth_cfg(8, 2, D=12, Hd=20)
+    qm, u, x = synthetic_case(cfg, bits, "random", numerics=nx)
+    compute = compute_config(cfg, ARRAY, ARRAY, load_words, numerics=nx)
+    assert MoELayerConfig.for_model(cfg, compute).layout.expert_weight_bits == bits
+    res = simulate_layer(qm, u, x, 0, 1, compute, ports=1, latency=25, jitter=10, seed=bits,
+                         deadline_cycles=60_000, **sim_args)
+    _check(res, qm, u, x, 1)
+
+
 def test_runtime_shape_too_large():
     compute = compute_config(MICRO, ARRAY, ARRAY)
     engine = MoELayerConfig.for_model(MICRO, compute)
@@ -243,7 +260,8 @@ def test_config_validation():
     with pytest.raises(TypeError, match="compute must be a ComputeConfig"):
         MoELayerConfig(**{**base, "compute": None})
     lc = MoELayerConfig(**base)
-    assert lc.ports == 1 and lc.weight_bytes_per_cycle == 8
+    # 4 rows of 14-bit expert weights a cycle: 7 bytes, one 128-bit port.
+    assert lc.ports == 1 and lc.weight_bytes_per_cycle == 7
     big = MoELayerConfig(**{**base, "compute": ComputeConfig(ArrayConfig(16, 16), max_m=8,
                                                                max_k=64, max_n=64)})
     assert big.ports == 2 and big.read_words == 4
@@ -257,8 +275,6 @@ def test_config_validation():
 
 def test_shared_softmax_config_errors():
     """A softmax unit given to the engine must suit the router's rows."""
-    import dataclasses
-    from golden.numerics import DEFAULT_NUMERICS as NX
     from hdl.nonlin.config import SoftmaxConfig
     cfg = get_config("micro")
     lc = MoELayerConfig.for_model(cfg, compute_config(cfg, ARRAY, ARRAY))

@@ -93,6 +93,65 @@ def test_sizes_m3vit_tiny():
     assert 0 <= padding < 0.015 * lay.total_bytes
 
 
+def test_expert_weights_in_fewer_bits():
+    """With expert_weight_bits = b an expert's weights take b bits each (a 32 × 32 tile of 14-bit
+    weights is 1,792 bytes); routers and biases keep their widths."""
+    cfg = get_config("m3vit-tiny")
+    full = layout_for(cfg, 128, SystolicOrder(32, 32))
+    lay = layout_for(cfg, 128, SystolicOrder(32, 32), expert_weight_bits=14)
+    d, h = cfg.dim, cfg.expert_hidden
+    assert lay.part_bytes("fc1_w") == lay.part_bytes("fc2_w") == d * h * 14 // 8
+    assert lay.part_bytes("fc1_w") // ((d // 32) * (h // 32)) == 1792
+    for p in ("fc1_b", "fc2_b", "router"):
+        assert lay.part_bytes(p) == full.part_bytes(p)
+    assert lay.bytes_for_expert() < 0.88 * full.bytes_for_expert()
+    # Whole bus words: 3 × 5 weights of 9 bits are 135 bits, two 128-bit words.
+    odd = ImageLayout(num_layers=1, num_experts=1, num_tasks=1, dim=3, hidden=5,
+                      expert_weight_bits=9)
+    assert odd.part_words("fc1_w") == 2 and odd.element_bits("fc1_w") == 9
+
+
+@pytest.mark.parametrize("bits", [16, 14, 12, 9])
+@pytest.mark.parametrize("order, data_width", [(SystolicOrder(4, 4), 128),
+                                               (SystolicOrder(2, 8), 64), (RowMajorOrder(), 256)])
+def test_round_trip_expert_weight_bits(bits, order, data_width):
+    """The experts' weights of a model quantised to ``bits`` pack into ``bits`` each and come
+    back; the stored bit string is the weights' upper bits, back to back."""
+    from golden.numerics import DEFAULT_NUMERICS
+    nx = dataclasses.replace(DEFAULT_NUMERICS, expert_weight_bits=bits)
+    qm = synthetic_model("micro", seed=bits, numerics=nx)
+    image, index = pack(qm, data_width, order=order)
+    assert index.layout.expert_weight_bits == bits
+    _assert_round_trip(qm, image, index)
+    # The first weights of layer 0's expert 0, read back from the bit string by hand.
+    lay = index.layout
+    off, nbytes = index.parts[0, 0, "fc1_w"]
+    string = int.from_bytes(image[off:off + nbytes], "little")
+    idx = lay.order.weights(*lay._shape("fc1_w"))
+    w1 = qm.params[f"blocks.{qm.cfg.moe_blocks[0]}.w1"][0].reshape(-1)
+    for j in range(12):
+        field = (string >> (j * bits)) & ((1 << bits) - 1)
+        field -= (field >> (bits - 1)) << bits
+        assert field << (16 - bits) == (w1[idx[j]] if idx[j] >= 0 else 0)
+
+
+def test_pack_refuses_weights_off_the_expert_grid():
+    """A 14-bit image cannot hold an expert weight with nonzero low bits; a 16-bit one can."""
+    qm = synthetic_model("micro", seed=0)
+    bad = dict(qm.params)
+    key = f"blocks.{qm.cfg.moe_blocks[-1]}.w2"
+    bad[key] = bad[key].copy()
+    bad[key][1, 2, 3] += 1
+    with pytest.raises(ValueError, match=r"w2 has expert weights with nonzero low 2 bits: the "
+                                         r"image stores 14 bits"):
+        pack(dataclasses.replace(qm, params=bad))
+    image, index = pack(dataclasses.replace(qm, params=bad), expert_weight_bits=16)
+    assert unpack(image, index)[key][1, 2, 3] == bad[key][1, 2, 3]
+    with pytest.raises(ValueError, match="expert_weight_bits must be"):
+        ImageLayout(num_layers=1, num_experts=2, num_tasks=1, dim=4, hidden=4,
+                    expert_weight_bits=17)
+
+
 def test_padding_to_bus_words_and_tiles():
     lay = ImageLayout(num_layers=1, num_experts=2, num_tasks=1, dim=5, hidden=3,
                       order=SystolicOrder(4, 4))

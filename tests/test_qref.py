@@ -377,6 +377,10 @@ def test_tables_are_generated_to_their_definitions():
     (dict(hidden=SQ(10, 4)), ValueError, "finer than the hidden format"),
     (dict(operand_bits=19), ValueError, "operand_bits must be at most 18"),
     (dict(acc_bits=40), ValueError, "cannot hold a sum"),
+    (dict(expert_weight_bits=17), ValueError, r"expert_weight_bits \(17\) must lie in 3\.\.16"),
+    (dict(expert_weight_bits=2), ValueError, r"expert_weight_bits \(2\) must lie in 3\.\.16"),
+    (dict(weight=SQ(2, 10)), ValueError, r"expert_weight_bits \(14\) must lie in 3\.\.12"),
+    (dict(expert_weight_bits=14.0), TypeError, "expert_weight_bits must be a positive integer"),
 ])
 def test_bad_numerics_are_refused(change, exc, match):
     with pytest.raises(exc, match=match):
@@ -390,3 +394,20 @@ def test_default_formats_hold_trained_magnitudes():
     assert NX.act.max_real > 39.3 and NX.qkv.max_real > 50.9
     assert NX.hidden.max_real > 7.2 and NX.ln_out.max_real > 8.8
     assert isinstance(Numerics(), Numerics)
+
+
+def test_expert_weights_on_their_grid():
+    """Expert weights are ``weight`` integers rounded to ``expert_weight_bits``: multiples of
+    2**shift, within one half step of the value, saturated at the format's ends."""
+    from golden.twin import quantize_expert_weight
+    assert NX.expert_weight_format == SQ(2, 12) and NX.expert_weight_shift == 2
+    x = np.random.default_rng(1).uniform(-2.5, 2.5, 4000)
+    q = quantize_expert_weight(x, NX)
+    step = 1 << NX.expert_weight_shift
+    assert np.all(q % step == 0) and q.min() >= NX.weight.min_int
+    assert q.max() <= NX.weight.max_int - (step - 1)
+    inside = np.abs(x) < 1.99
+    err = np.abs(q[inside] - x[inside] * (1 << NX.weight.f_bits))
+    assert err.max() <= step / 2
+    wide = dataclasses.replace(NX, expert_weight_bits=16)
+    assert np.array_equal(quantize_expert_weight(x, wide), quantize(x, NX.weight))

@@ -157,7 +157,7 @@ def test_report_flags_formats_that_miss_the_targets():
     import dataclasses
     from golden.fixed import SQ
     r = fidelity_report("micro", seeds=(0,), images_per_seed=1,
-                        numerics=dataclasses.replace(NX, weight=SQ(2, 7)))
+                        numerics=dataclasses.replace(NX, weight=SQ(2, 7), expert_weight_bits=9))
     assert r["meets_targets"] is False
 
 

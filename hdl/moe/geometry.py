@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from .dma import geometry_layout
-from .layout import BIAS_BYTES, PARTS, WEIGHT_BYTES, ImageLayout, SystolicOrder
+from .layout import PARTS, ImageLayout, SystolicOrder
 
 __all__ = ["Geometry", "shape_layout", "shape_of"]
 
@@ -83,6 +83,11 @@ class Geometry(wiring.Component):
         if not isinstance(layout.order, SystolicOrder):
             raise ValueError(f"the image must be in the compute unit's SystolicOrder, not "
                              f"{layout.order!r}")
+        tile_bits = layout.order.rows * layout.order.cols * layout.expert_weight_bits
+        if tile_bits % 8:
+            raise ValueError(f"a weight tile of {layout.order.rows} × {layout.order.cols} "
+                             f"expert weights of {layout.expert_weight_bits} bits is not a "
+                             f"whole number of bytes")
         self._layout = layout
         super().__init__({
             "shape": In(shape_layout(layout)),
@@ -122,8 +127,9 @@ class Geometry(wiring.Component):
         names = PARTS + ("router",)
         words = {n: Signal(pw_t, name=f"words_{n}") for n in names}
         for n in names:
-            per_tile = (rows * cols * WEIGHT_BYTES if n.endswith("_w") or n == "router"
-                        else cols * BIAS_BYTES)
+            # Bytes per weight tile or per N-tile of biases (ImageLayout.element_bits each).
+            elems = rows * cols if n.endswith("_w") or n == "router" else cols
+            per_tile = elems * lay.element_bits(n) // 8
             m.d.sync += words[n].eq(_ceil_div(t1[n] * per_tile, wb))
 
         def nbytes(n):

@@ -12,7 +12,7 @@ Bit-exact with the MoE block of :func:`golden.twin.twin_forward` (and
 import math
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -214,18 +214,20 @@ class MoELayerConfig:
 
     @property
     def layout(self):
-        """The :class:`~hdl.moe.layout.ImageLayout` of the weight image."""
+        """The :class:`~hdl.moe.layout.ImageLayout` of the weight image (expert weights in the
+        numerics' ``expert_weight_bits``)."""
         return ImageLayout(num_layers=self.num_layers, num_experts=self.num_experts,
                            num_tasks=self.num_tasks, dim=self.dim, hidden=self.hidden,
-                           data_width=self.data_width, order=self.order)
+                           data_width=self.data_width, order=self.order,
+                           expert_weight_bits=self.numerics.expert_weight_bits)
 
     @property
     def weight_bytes_per_cycle(self):
-        """Weight bytes the compute unit consumes per cycle at most: ``load_words`` words of
-        ``rows`` 16-bit weights per cycle (a tile of ``cols`` words per pass of
-        ``max(M, cols / load_words)``)."""
+        """Image bytes of expert weights the compute unit consumes per cycle at most:
+        ``load_words`` words of ``rows`` weights per cycle (a tile of ``cols`` words per pass of
+        ``max(M, cols / load_words)``), ``expert_weight_bits`` each in the image."""
         a = self.compute.array
-        return a.rows * self.numerics.weight.width * a.load_words / 8
+        return a.rows * self.numerics.expert_weight_bits * a.load_words / 8
 
     # -- activation-buffer plan ------------------------------------------------------------
 
@@ -289,6 +291,14 @@ class _Feeder(wiring.Component):
     parts are read without waiting (the data is garbage), so that the compute unit's command
     completes and the engine can report the error instead of hanging. ``abort`` stops the feed
     and drops what is queued (after a command the compute unit refused).
+
+    Expert weights stored in fewer bits than the ``weight`` format (the image's
+    ``expert_weight_bits`` b, :mod:`hdl.moe.layout`) are a bit string of ``T = rows ·
+    load_words · b`` bits per ``w`` transfer, read ``S`` bits at a time (the DMA's read width):
+    a gearbox holds up to ``T + S − U`` bits (``U = gcd(T, S)``), takes a read whenever what
+    it holds after this cycle's transfer is less than ``T``, and gives a transfer whenever it
+    holds ``T`` bits, so it keeps up with one transfer a cycle (``S ≥ T``). Each weight becomes
+    ``b`` bits shifted up to the ``weight`` format (its low bits zero, as the twin has them).
     """
 
     ROUTER, FC1, FC2 = 0, 1, 2
@@ -347,6 +357,20 @@ class _Feeder(wiring.Component):
         return (a.cols * 32 if target == "b"
                 else a.rows * self._cfg.numerics.weight.width * a.load_words)
 
+    @property
+    def packed(self):
+        """Whether the expert weights are stored in fewer bits than the ``weight`` format
+        (then they go through the gearbox)."""
+        return self._lay.expert_weight_bits < self._cfg.numerics.weight.width
+
+    def _gear(self):
+        """``(U, t, s)``: the gearbox's unit of bits, a transfer and a read in units."""
+        a = self._cfg.compute.array
+        T = a.rows * a.load_words * self._lay.expert_weight_bits
+        S = self._cfg.read_words * self._cfg.data_width
+        U = math.gcd(T, S)
+        return U, T // U, S // U
+
     def _reads(self, target, n_out):
         per = self._cfg.read_words * self._cfg.data_width // self._bits(target)
         return -(-n_out // per), per
@@ -363,9 +387,14 @@ class _Feeder(wiring.Component):
         segs = self._segments()
         rt_segs = self._segments(self.dim, self.hidden, self.num_experts)
         max_sub = max(self._reads(t, n)[1] for s in segs.values() for _, t, n in s)
+        max_out = max(n for sl in segs.values() for _, _, n in sl)
         raw_layout = data.StructLayout({
-            "data": unsigned(S), "to_b": 1, "subs": range(max_sub + 1)})
+            "data": unsigned(S), "to_b": 1, "subs": range(max_sub + 1),
+            # A read of packed expert weights (the gearbox's), the first of its part, and the
+            # part's transfers.
+            "packed": 1, "first": 1, "n_out": range(max_out + 1)})
         m.submodules.queue = q = Queue(raw_layout, self.QUEUE, buffered=False)
+        U, gt, gs = self._gear()
 
         mode = Signal(2)
         seg = Signal(2)              # segment of the mode (0 or 1)
@@ -378,7 +407,9 @@ class _Feeder(wiring.Component):
         # The segment being read: part, target, number of reads, outputs per read, tail.
         part = Signal(range(len(PARTS) + 1))
         to_b = Signal()
+        packed = Signal()
         n_reads = Signal(range(self._max_reads() + 1))
+        n_outs = Signal(range(max_out + 1))
         per = Signal(range(max_sub + 1))
         tail = Signal(range(max_sub + 1))
         n_segs = Signal(2)
@@ -388,12 +419,16 @@ class _Feeder(wiring.Component):
                     m.d.comb += n_segs.eq(len(sl))
                     with m.Switch(seg):
                         for i, (pt, tgt, n_out) in enumerate(sl):
-                            # Reads of `pr` outputs each (a power of two), the last `tail`.
+                            # Reads of `pr` outputs each (a power of two), the last `tail`;
+                            # packed expert weights: as many reads as their bits take.
                             pr = self._reads(tgt, 1)[1]
+                            pk = self.packed and tgt == "w" and pt != ROUTER
                             with m.Case(i):
-                                m.d.comb += [part.eq(pt), to_b.eq(tgt == "b"),
-                                             n_reads.eq(_cdiv(n_out, pr)), per.eq(pr),
+                                m.d.comb += [part.eq(pt), to_b.eq(tgt == "b"), packed.eq(pk),
+                                             n_outs.eq(n_out), per.eq(pr),
                                              tail.eq(((n_out - 1) & (pr - 1)) + 1)]
+                                m.d.comb += n_reads.eq(_cdiv(n_out * gt, gs) if pk
+                                                       else _cdiv(n_out, pr))
         # A read may be issued once its words are in the buffer: a part is fed while it is
         # still arriving (rd_avail is the router's readiness for the router).
         part_ready = self.rd_avail
@@ -421,12 +456,18 @@ class _Feeder(wiring.Component):
             issued_q.eq(issue),
             meta_q.to_b.eq(to_b),
             meta_q.subs.eq(Mux(addr == n_reads - 1, tail, per)),
+            meta_q.packed.eq(packed),
+            meta_q.first.eq(addr == 0),
+            meta_q.n_out.eq(n_outs),
         ]
         m.d.comb += [
             q.i.valid.eq(issued_q),
             q.i.payload.data.eq(self.rd_data),
             q.i.payload.to_b.eq(meta_q.to_b),
             q.i.payload.subs.eq(meta_q.subs),
+            q.i.payload.packed.eq(meta_q.packed),
+            q.i.payload.first.eq(meta_q.first),
+            q.i.payload.n_out.eq(meta_q.n_out),
         ]
 
         # Unpack: output word `sub` of the head raw word, to b or w.
@@ -437,24 +478,68 @@ class _Feeder(wiring.Component):
         b_words = [head.data[i * bb_bits:(i + 1) * bb_bits] for i in range(S // bb_bits)]
         w_word = Array(w_words)[sub] if len(w_words) > 1 else w_words[0]
         b_word = Array(b_words)[sub] if len(b_words) > 1 else b_words[0]
+
+        # The gearbox (packed expert weights): `level` units of `acc` hold the part's next
+        # bits, `left` transfers of the part are still to be given.
+        acc = Signal((gt - 1 + gs) * U)
+        level = Signal(range(gt + gs))
+        left = Signal(range(max_out + 1))
+        g_valid = (left != 0) & (level >= gt)
+        pop = Signal()
+        last_pop = Signal()
+        base = Signal(range(gt + gs))     # units kept after this cycle's transfer
+        accept = Signal()
         m.d.comb += [
-            self.w.valid.eq(q.o.valid & ~head.to_b & ~self.abort),
+            pop.eq(g_valid & self.w.ready & ~self.abort),
+            last_pop.eq(pop & (left == 1)),
+            # The last transfer of a part drops the rest (the padding of its last read).
+            base.eq(Mux(last_pop, 0, level - Mux(pop, gt, 0))),
+            accept.eq(q.o.valid & head.packed & (base < gt) & ~self.abort),
+        ]
+        bits = self._lay.expert_weight_bits
+        shift = cfg.numerics.weight.width - bits
+        n_lanes = a.rows * a.load_words
+        gear_word = Cat(*(Cat(Const(0, shift), acc[j * bits:(j + 1) * bits])
+                          for j in range(n_lanes))) if self.packed else 0
+
+        m.d.comb += [
+            self.w.valid.eq(Mux(left != 0, g_valid,
+                                q.o.valid & ~head.to_b & ~head.packed) & ~self.abort),
             self.b.valid.eq(q.o.valid & head.to_b & ~self.abort),
-            self.w.payload.eq(w_word),
+            self.w.payload.eq(Mux(left != 0, gear_word, w_word)),
         ]
         bw = cfg.numerics.bias.width
         for j in range(a.cols):
             m.d.comb += self.b.payload[j].eq(b_word[32 * j:32 * j + bw])
-        taken = (self.w.valid & self.w.ready) | (self.b.valid & self.b.ready)
+        taken = ((self.w.valid & self.w.ready & (left == 0))
+                 | (self.b.valid & self.b.ready))
         with m.If(self.abort):
             # Drop whatever is queued.
-            m.d.sync += sub.eq(0)
+            m.d.sync += [sub.eq(0), left.eq(0), level.eq(0)]
+            m.d.comb += q.o.ready.eq(1)
+        with m.Elif(accept):
             m.d.comb += q.o.ready.eq(1)
         with m.Elif(taken):
             m.d.sync += sub.eq(sub + 1)
             with m.If(sub == head.subs - 1):
                 m.d.sync += sub.eq(0)
                 m.d.comb += q.o.ready.eq(1)
+
+        if self.packed:
+            shifted = Mux(pop, acc >> (gt * U), acc)
+            with m.If(~self.abort):
+                m.d.sync += level.eq(base + Mux(accept, gs, 0))
+                with m.If(accept & head.first):
+                    m.d.sync += left.eq(head.n_out)
+                with m.Elif(pop):
+                    m.d.sync += left.eq(left - 1)
+                with m.If(accept):
+                    with m.Switch(base):
+                        for b in range(gt):
+                            with m.Case(b):
+                                m.d.sync += acc.eq(Cat(shifted[:b * U], head.data))
+                with m.Else():
+                    m.d.sync += acc.eq(shifted)
         return m
 
 

@@ -28,13 +28,18 @@ The image holds, for every MoE block of the model (in block order), one *layer r
 * The parts are in the order the compute unit consumes them: it takes a product's biases at
   the start of the command, before the weights, so each bias precedes its weights, and the
   DMA fetches the parts in image order.
-* **Weights** (``weight`` format, SQ(2,14)) are 16-bit two's complement, little-endian, in the
-  order the compute unit consumes them (:class:`WeightOrder`: :class:`SystolicOrder` for
-  :class:`hdl.systolic.unit.ComputeUnit`, weight tiles N-tile outer, K-tile inner, one PE
-  column of ``rows`` weights after another; :class:`RowMajorOrder` is ``W[n, k]`` with ``k``
-  fastest). A bus word of ``data_width``
-  bits holds ``data_width/16`` consecutive weights, the first in the least significant bits:
-  the image is simply the weight sequence as little-endian 16-bit integers.
+* **Weights** (``weight`` format, SQ(2,14)) are in the order the compute unit consumes them
+  (:class:`WeightOrder`: :class:`SystolicOrder` for :class:`hdl.systolic.unit.ComputeUnit`,
+  weight tiles N-tile outer, K-tile inner, one PE column of ``rows`` weights after another;
+  :class:`RowMajorOrder` is ``W[n, k]`` with ``k`` fastest). A router's weights are 16-bit
+  two's complement, little-endian: a bus word of ``data_width`` bits holds ``data_width/16``
+  consecutive weights, the first in the least significant bits.
+* **Expert weights** (``fc1_w``, ``fc2_w``) keep only their ``expert_weight_bits`` upper bits
+  (14 with the default numerics: :attr:`golden.numerics.Numerics.expert_weight_bits`; the low
+  ``16 − expert_weight_bits`` bits of every expert weight are zero, :func:`pack` checks it):
+  weight ``j`` of a part is bits ``j·b … j·b + b − 1`` of the part read as one little-endian
+  bit string (``b = expert_weight_bits``, two's complement). A 32 × 32 tile is then 1,792 bytes
+  instead of 2,048. With ``b = 16`` this is the router's format.
 * **Biases** (``bias`` format, SQ(8,16), 24 bits) are sign-extended to 32-bit little-endian
   words, one per output, in output order, padded with zeros to whole N-tiles for
   :class:`SystolicOrder` (``data_width/32`` per bus word).
@@ -68,7 +73,8 @@ import numpy as np
 from .._checks import check_int, check_pow2
 
 __all__ = ["WeightOrder", "RowMajorOrder", "SystolicOrder", "ImageLayout", "ImageIndex",
-           "layout_for", "pack", "unpack", "PARTS", "WEIGHT_BYTES", "BIAS_BYTES"]
+           "layout_for", "pack", "unpack", "decode_weights", "PARTS", "WEIGHT_BYTES",
+           "BIAS_BYTES"]
 
 #: The four parts of an expert, in image, fetch and consumption order.
 PARTS = ("fc1_b", "fc1_w", "fc2_b", "fc2_w")
@@ -185,6 +191,8 @@ class ImageLayout:
     expert_align : int
         Alignment of every expert and layer region, in bytes (a power of two, a multiple of
         ``part_align``).
+    expert_weight_bits : int
+        Bits stored per expert weight, 2..16 (see the module docstring).
     """
 
     num_layers: int
@@ -196,11 +204,13 @@ class ImageLayout:
     order: WeightOrder = field(default_factory=RowMajorOrder)
     part_align: int = 64
     expert_align: int = 4096
+    expert_weight_bits: int = 8 * WEIGHT_BYTES
 
     def __post_init__(self):
         for name in ("num_layers", "num_experts", "num_tasks", "dim", "hidden", "part_align",
                      "expert_align"):
             check_int(name, getattr(self, name))
+        check_int("expert_weight_bits", self.expert_weight_bits, 2, 8 * WEIGHT_BYTES)
         if isinstance(self.data_width, bool) or not isinstance(self.data_width, int):
             raise TypeError(f"data_width must be an integer, not {self.data_width!r}")
         if self.data_width not in _DATA_WIDTHS:
@@ -224,9 +234,6 @@ class ImageLayout:
         """Bytes per bus word."""
         return self.data_width // 8
 
-    def _words(self, nbytes):
-        return -(-nbytes // self.word_bytes)
-
     def _shape(self, part):
         d, h = self.dim, self.hidden
         return {"fc1_w": (h, d), "fc1_b": (h,), "fc2_w": (d, h), "fc2_b": (d,),
@@ -239,10 +246,16 @@ class ImageLayout:
             return len(self.order.weights(*shape))
         return len(self.order.bias(*shape))
 
+    def element_bits(self, part):
+        """Bits stored per element of a part: ``expert_weight_bits`` for the expert weights,
+        16 for a router's weights, 32 for biases."""
+        if part.endswith("_w"):
+            return self.expert_weight_bits
+        return 8 * (WEIGHT_BYTES if part == "router" else BIAS_BYTES)
+
     def part_words(self, part):
         """Bus words of a part (what the hardware fetches for it)."""
-        eb = WEIGHT_BYTES if part.endswith("_w") or part == "router" else BIAS_BYTES
-        return self._words(self.part_elements(part) * eb)
+        return -(-self.part_elements(part) * self.element_bits(part) // self.data_width)
 
     def part_bytes(self, part):
         """Bytes fetched for a part: :meth:`part_words` times the bus word."""
@@ -397,6 +410,23 @@ def _put(buf, offset, elems, dtype):
     buf[offset:offset + len(raw)] = raw
 
 
+def _put_bits(buf, offset, elems, bits):
+    """Store ``elems`` as ``bits``-bit two's complement fields, back to back, LSB first."""
+    v = np.asarray(elems, dtype=np.int64) & ((1 << bits) - 1)
+    string = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    raw = np.packbits(string, bitorder="little").tobytes()
+    buf[offset:offset + len(raw)] = raw
+
+
+def decode_weights(raw, count, bits):
+    """``count`` weights stored in ``bits`` bits each at the start of ``raw`` (bytes-like), as
+    16-bit ``weight`` integers (the inverse of what :func:`pack` stores for a part)."""
+    b = np.frombuffer(raw, dtype=np.uint8, count=-(-count * bits // 8))
+    string = np.unpackbits(b, bitorder="little")[:count * bits].reshape(count, bits)
+    v = (string.astype(np.int64) << np.arange(bits)).sum(axis=1)
+    return np.where(v >> (bits - 1), v - (1 << bits), v) << (8 * WEIGHT_BYTES - bits)
+
+
 def pack(quantized_model, data_width=128, *, order=None, **layout_kwargs):
     """Pack the MoE weights of a quantised model into one DDR image.
 
@@ -410,16 +440,23 @@ def pack(quantized_model, data_width=128, *, order=None, **layout_kwargs):
     order : WeightOrder or None
         The compute unit's stream order (default :class:`RowMajorOrder`).
     **layout_kwargs
-        ``part_align``, ``expert_align`` (see :class:`ImageLayout`).
+        ``part_align``, ``expert_align``, ``expert_weight_bits`` (see :class:`ImageLayout`;
+        the last defaults to the model's ``numerics.expert_weight_bits``, or 16).
 
     Returns
     -------
     (bytes, ImageIndex)
+
+    Raises ``ValueError`` for a parameter of the wrong shape, a value outside its field, or an
+    expert weight that the layout's ``expert_weight_bits`` cannot hold (nonzero low bits).
     """
     cfg = quantized_model.cfg
     params = quantized_model.params
-    layout = layout_for(cfg, data_width, order, **layout_kwargs)
     nx = getattr(quantized_model, "numerics", None)
+    layout_kwargs.setdefault("expert_weight_bits",
+                             nx.expert_weight_bits if nx is not None else 8 * WEIGHT_BYTES)
+    layout = layout_for(cfg, data_width, order, **layout_kwargs)
+    shift = 8 * WEIGHT_BYTES - layout.expert_weight_bits
     wbits = nx.weight.width if nx is not None else 16
     bbits = nx.bias.width if nx is not None else 24
     if wbits > 8 * WEIGHT_BYTES or bbits > 8 * BIAS_BYTES:
@@ -439,6 +476,11 @@ def pack(quantized_model, data_width=128, *, order=None, **layout_kwargs):
             if np.shape(a) != shape:
                 raise ValueError(f"{b}{keys[name]} has shape {np.shape(a)}, expected {shape}")
             _check_range(b + keys[name], a, bbits if name.endswith("_b") else wbits)
+            if name in ("fc1_w", "fc2_w") and np.any(np.asarray(a) & ((1 << shift) - 1)):
+                raise ValueError(
+                    f"{b}{keys[name]} has expert weights with nonzero low {shift} bits: the "
+                    f"image stores {layout.expert_weight_bits} bits of each (quantise them with "
+                    f"golden.twin.quantize_expert_weight)")
         for t in range(T):
             off = layout.router_offset(layer, t)
             elems = _to_elems(params[b + "gate"][t], od.weights(E, d))
@@ -450,7 +492,7 @@ def pack(quantized_model, data_width=128, *, order=None, **layout_kwargs):
                 a = arrays[p][0][e]
                 if p.endswith("_w"):
                     elems = _to_elems(a, od.weights(*layout._shape(p)))
-                    _put(buf, off, elems, "<i2")
+                    _put_bits(buf, off, elems >> shift, layout.expert_weight_bits)
                 else:
                     elems = _to_elems(a, od.bias(*layout._shape(p)))
                     _put(buf, off, elems, "<i4")
@@ -497,8 +539,8 @@ def unpack(image, index):
                 off, _ = index.parts[layer, e, p]
                 if p.endswith("_w"):
                     idx = od.weights(*shape)
-                    arr[e] = _from_elems(read(off, len(idx), "<i2"), idx,
-                                         shape[0] * shape[1]).reshape(shape)
+                    elems = decode_weights(raw[off:], len(idx), layout.expert_weight_bits)
+                    arr[e] = _from_elems(elems, idx, shape[0] * shape[1]).reshape(shape)
                 else:
                     idx = od.bias(*shape)
                     arr[e] = _from_elems(read(off, len(idx), "<i4"), idx, shape[0])

@@ -60,7 +60,7 @@ from golden import qref
 from golden.config import get_config
 from golden.fixed import quantize
 from golden.numerics import DEFAULT_NUMERICS
-from golden.twin import QuantizedModel
+from golden.twin import QuantizedModel, quantize_expert_weight
 from sim.bench import array_shape
 from sim.compute_model import pack_row, unpack_row
 
@@ -89,9 +89,9 @@ def synthetic_model(cfg, seed=0, numerics=DEFAULT_NUMERICS):
     p = {}
     for i in cfg.moe_blocks:
         b = f"blocks.{i}."
-        p[b + "w1"] = quantize(_trunc_normal(rng, (E, h, d), d ** -0.5), nx.weight)
+        p[b + "w1"] = quantize_expert_weight(_trunc_normal(rng, (E, h, d), d ** -0.5), nx)
         p[b + "b1"] = quantize(rng.normal(0.0, 0.02, (E, h)), nx.bias)
-        p[b + "w2"] = quantize(_trunc_normal(rng, (E, d, h), h ** -0.5), nx.weight)
+        p[b + "w2"] = quantize_expert_weight(_trunc_normal(rng, (E, d, h), h ** -0.5), nx)
         p[b + "b2"] = quantize(rng.normal(0.0, 0.02, (E, d)), nx.bias)
         p[b + "gate"] = quantize(rng.uniform(-E ** -0.5, E ** -0.5, (T, E, d)), nx.weight)
     return QuantizedModel(cfg, nx, p)
@@ -399,7 +399,7 @@ ZCU104_DDR_BYTES_PER_CYCLE = 17.06e9 / 300e6
 ZCU104_PORT_BYTES_PER_CYCLE = 16.0
 
 
-def compute_config(cfg, rows, cols, load_words=1):
+def compute_config(cfg, rows, cols, load_words=1, numerics=DEFAULT_NUMERICS):
     """A :class:`hdl.systolic.config.ComputeConfig` just large enough for ``cfg``'s MoE layer
     (``load_words``: :class:`~hdl.systolic.config.ArrayConfig`'s, 2 for pair weight loads)."""
     from hdl.systolic.config import ArrayConfig, ComputeConfig
@@ -407,7 +407,7 @@ def compute_config(cfg, rows, cols, load_words=1):
 
     cfg = get_config(cfg)
     big = max(cfg.dim, cfg.expert_hidden, cfg.num_experts)
-    array = ArrayConfig(rows, cols, load_words=load_words)
+    array = ArrayConfig(rows, cols, numerics=numerics, load_words=load_words)
     trial = ComputeConfig(array, max_m=cfg.tokens, max_k=big, max_n=big,
                           abuf_depth=1 << 20, gelu=True)
     lc = MoELayerConfig.for_model(cfg, trial, ports=1)
