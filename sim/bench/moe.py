@@ -36,8 +36,9 @@ Figures
 ``bound_cycles``, ``cycles_over_bound``, ``bottleneck``
     The larger bound, the ratio of ``cycles`` to it, and which bound it is.
 ``bandwidth_covers_compute``
-    Whether the ports' bandwidth covers the compute unit's weight consumption (one word of
-    ``rows`` 16-bit weights per cycle).
+    Whether the ports' bandwidth covers the compute unit's weight consumption
+    (``weight_bytes_per_cycle_needed``: ``load_words`` words of ``rows`` weights per cycle, at
+    the image's ``expert_weight_bits`` each).
 ``task_switch_cycles``
     Cycles the logits product waited for the task's router weights: the whole cost of selecting
     a task (every layer loads its router, whether the task changed or not). ``--switch-from``
