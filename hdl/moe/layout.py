@@ -516,7 +516,7 @@ def unpack(image, index):
     """
     layout = index.layout
     layout.check_image(image)
-    raw = bytes(image)
+    raw = memoryview(bytes(image))       # slices below are views, not copies
     od = layout.order
     d, E, T = layout.dim, layout.num_experts, layout.num_tasks
     out = {}
