@@ -147,7 +147,7 @@ def _attention(qm, i, h, taps):
     return out
 
 
-def twin_forward(qm, image_q, task, taps=None, route_override=None):
+def twin_forward(qm, image_q, task, taps=None, route_override=None, moe_tokens=None):
     """Run one backbone frame in integers.
 
     Parameters
@@ -165,6 +165,14 @@ def twin_forward(qm, image_q, task, taps=None, route_override=None):
     route_override : callable or None
         ``route_override(i, idx, scores) -> (idx, scores)`` replaces the routing of MoE block
         ``i`` (teacher-forced routing in the numerics study).
+    moe_tokens : int or None
+        Tokens per pass of the MoE layer (``None``: every token in one pass). The tokens are
+        cut into consecutive tiles of this many, and each tile is one pass: its used experts
+        in :func:`golden.qref.expert_order` of the tile's own counts, each adding its results
+        to its tokens (saturating) in that order. The hardware runs the MoE in tiles when the
+        compiler spills the token matrix to DDR (``CompiledModel.moe_tokens``). Only the
+        order of the saturating additions depends on it: a token's result differs from the
+        one-pass result only where an intermediate sum saturates.
 
     Returns
     -------
@@ -173,6 +181,12 @@ def twin_forward(qm, image_q, task, taps=None, route_override=None):
     """
     cfg, nx = qm.cfg, qm.numerics
     cfg.check_task(task)
+    if moe_tokens is None:
+        moe_tokens = cfg.tokens
+    elif isinstance(moe_tokens, bool) or not isinstance(moe_tokens, (int, np.integer)):
+        raise TypeError(f"moe_tokens must be a positive integer or None, not {moe_tokens!r}")
+    elif moe_tokens < 1:
+        raise ValueError(f"moe_tokens must be a positive integer or None, not {moe_tokens!r}")
     image_q = np.asarray(image_q)
     if image_q.shape != (cfg.in_chans, cfg.img_h, cfg.img_w):
         raise ValueError(f"image has shape {image_q.shape}; {cfg.name} takes "
@@ -206,12 +220,16 @@ def twin_forward(qm, image_q, task, taps=None, route_override=None):
             tap(f"block{i}.router_probs", probs)
             tap(f"block{i}.topk_idx", idx)
             tap(f"block{i}.topk_scores", scores)
-            for e, tokens, s in qref.reorder(idx, scores, cfg.num_experts):
-                hid = qref.linear(u[tokens], qm[b + "w1"][e], qm[b + "b1"][e], x_fmt=nx.ln_out,
-                                  w_fmt=nx.weight, out_fmt=nx.hidden, numerics=nx, gelu=True)
-                x[tokens] = qref.linear(hid, qm[b + "w2"][e], qm[b + "b2"][e], x_fmt=nx.hidden,
-                                        w_fmt=nx.weight, out_fmt=nx.act, numerics=nx,
-                                        row_scale=s, accumulate=x[tokens])
+            for t0 in range(0, cfg.tokens, moe_tokens):
+                tile = slice(t0, t0 + moe_tokens)
+                for e, tokens, s in qref.reorder(idx[tile], scores[tile], cfg.num_experts):
+                    tokens = np.asarray(tokens) + t0
+                    hid = qref.linear(u[tokens], qm[b + "w1"][e], qm[b + "b1"][e],
+                                      x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.hidden,
+                                      numerics=nx, gelu=True)
+                    x[tokens] = qref.linear(hid, qm[b + "w2"][e], qm[b + "b2"][e],
+                                            x_fmt=nx.hidden, w_fmt=nx.weight, out_fmt=nx.act,
+                                            numerics=nx, row_scale=s, accumulate=x[tokens])
         else:
             hid = qref.linear(u, qm[b + "fc1_w"], qm[b + "fc1_b"], x_fmt=nx.ln_out,
                               w_fmt=nx.weight, out_fmt=nx.hidden, numerics=nx, gelu=True)

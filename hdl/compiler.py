@@ -31,7 +31,9 @@ what :meth:`CompiledModel.pack_input` writes. (The host does this im2col; the ac
 patch embedding is then one product.)
 
 Output (``OUTPUT_ADDR``): the last block's token matrix, N rows of ``ceil(D/L)·L`` 16-bit
-elements (act format); :meth:`CompiledModel.unpack_output` returns the N × D integers.
+elements (act format); :meth:`CompiledModel.unpack_output` returns the N × D integers. A
+spilling program (below) keeps its work area after them: the header's ``output_bytes`` is the
+whole region (:attr:`CompiledModel.output_region_bytes`).
 
 Activation buffer plan
 ----------------------
@@ -48,11 +50,34 @@ in place on the scores. Heads use the two score areas in turn, so that the softm
 runs beside the attention products of its neighbours (docs/program.md, "The program of one
 frame").
 
+The DDR-spill program
+---------------------
+When the token matrices do not fit that plan (more tokens than the compute unit's ``max_m``
+rows, or more words than the activation buffer), or when ``spill_rows`` asks for it, the
+compiler emits the same frame in tiles of ``T`` tokens, with the token matrix in DDR between
+the steps: ``x`` lives in the output region (it is the output at the end), and ``q``, ``k``,
+``v`` of every head after it, one part after another (``3·H`` parts of N rows of a head's
+words). Per block: for each tile, load its ``x``, LayerNorm, the ``qkv`` product one part at a
+time, each stored to its part; then for each tile, load its ``x`` and, for each head, its ``q``
+and every token's ``k`` and ``v``, the scores, the softmax and ``A·V``; the projection, the
+second LayerNorm and the MLP or the MoE layer on the tile's tokens, and store the tile. Every
+product takes its weights from the parameter stream once per tile. The activation buffer then
+holds a tile's ``x`` and ``u`` and, in turn, its ``qkv`` parts, a head's attention (``q`` of the
+tile, ``k`` and ``v`` of all tokens, the tile's scores and attention output), its hidden layer,
+its patches and the MoE engine's scratch (:func:`_spill_plan`); ``T`` is the largest that fits
+(at most ``max_m`` and the tokens the MoE engine is built for). The MoE layer runs one pass per
+tile (:attr:`CompiledModel.moe_tokens`), each pass adding its experts' results in the order of
+its own counts: the frame equals :func:`golden.twin.twin_forward` with ``moe_tokens = T``
+(which differs from the one-pass result only where an addition saturates). The attention still
+takes every token as a key: N must be within the products' ``max_n`` and ``max_k`` and the
+softmax's row length.
+
 Refused models
 --------------
-A model whose token matrices do not fit the activation buffer (m3vit-small: 1025 tokens × 384)
-would need the token matrix spilled to DDR between layers; the compiler does not emit that
-variant and raises ``ValueError`` saying so.
+A model beyond the configuration's maxima even in the spill program is refused with a
+``ValueError`` that lists every limit it exceeds (m3vit-small on ``zcu104``: its attention's
+1025 keys, its MLP width, its LayerNorm rows, its softmax rows and the MoE engine's widths and
+tasks).
 """
 
 import math
@@ -63,6 +88,7 @@ import numpy as np
 from golden.config import ModelConfig
 
 from . import isa
+from ._checks import check_int
 from .isa import Base, MatmulFlags, Opcode, Segment
 
 __all__ = ["CompiledModel", "AbufPlan", "compile_model", "ln_eps_int", "softmax_scale_int",
@@ -119,6 +145,11 @@ class AbufPlan:
         word; ``ceil(head_dim / L)``).
     words : int
         Words used in all.
+    spill_rows : int
+        Tokens of a tile in the DDR-spill program; 0 when the token matrices stay on chip.
+    q, k, v : int
+        The spill program's attention areas (a tile's ``q``, every token's ``k`` and ``v`` of a
+        head); 0 on chip.
     """
 
     lanes: int
@@ -139,6 +170,10 @@ class AbufPlan:
     words: int
     head_words: int = 0
     attn_words: int = 0
+    spill_rows: int = 0
+    q: int = 0
+    k: int = 0
+    v: int = 0
 
 
 @dataclass
@@ -155,7 +190,10 @@ class CompiledModel:
         The program (header and instructions).
     plan : AbufPlan
     input_bytes, output_bytes : int
-        Sizes of the input and output buffers.
+        Sizes of the input buffer and of the output tokens.
+    spill_bytes : int
+        Bytes of the DDR-spill program's work area after the output tokens (0 when the token
+        matrices stay on chip); :attr:`output_region_bytes` is the whole output region.
     pos_offset, moe_offset, moe_bytes, pstream_bytes : int
         Where the parts of the weight image are.
     segments : list of dict
@@ -179,6 +217,20 @@ class CompiledModel:
     pstream_bytes: int
     segments: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
+    spill_bytes: int = 0
+
+    @property
+    def moe_tokens(self):
+        """Tokens per pass of the MoE layers: every token on chip, a tile's when the token
+        matrix is spilled to DDR. The frame equals :func:`golden.twin.twin_forward` with this
+        ``moe_tokens``."""
+        return self.plan.spill_rows or self.cfg.tokens
+
+    @property
+    def output_region_bytes(self):
+        """Bytes the output region at ``OUTPUT_ADDR`` takes (the header's ``output_bytes``):
+        the output tokens, then the spill program's work area."""
+        return self.output_bytes + self.spill_bytes
 
     @property
     def num_tasks(self):
@@ -300,43 +352,50 @@ class _Stream:
         return b"".join(self.chunks)
 
 
-def _check_fit(cfg, config):
-    c = config.compute
+def _check_structure(cfg, config):
     L = config.lanes
+    if cfg.dim % L:
+        raise ValueError(f"{cfg.name}: the embedding width ({cfg.dim}) must be a multiple of the "
+                         f"activation buffer's {L} lanes")
+    if cfg.num_tasks > 255:
+        raise ValueError(f"{cfg.name} has {cfg.num_tasks} tasks; at most 255 are supported")
+
+
+def _limits(cfg, config, rows=None):
+    """The configured maxima ``cfg`` exceeds, as a list of phrases (empty when it fits): with
+    its whole token matrix in each product (``rows`` None), or in tiles of ``rows`` tokens (the
+    DDR-spill program: the attention still takes every token as a key)."""
+    c = config.compute
     n, d, p = cfg.tokens, cfg.dim, cfg.num_patches
     mdl = config.model
-    if cfg.dim % L:
-        raise ValueError(f"{cfg.name}: the embedding width ({d}) must be a multiple of the "
-                         f"activation buffer's {L} lanes")
-    hp = cfg.heads * _round_up(cfg.head_dim, L)        # a row of q (k, v) with heads padded
-    products = [("patch embedding", p, cfg.patch_dim, d), ("qkv", n, d, 3 * hp),
-                ("attention scores", n, cfg.head_dim, n), ("attention output", n, n, cfg.head_dim),
-                ("projection", n, hp, d), ("fc1", n, d, cfg.mlp_hidden),
-                ("fc2", n, cfg.mlp_hidden, d)]
+    m_all, m_p = (n, p) if rows is None else (rows, min(rows, p))
+    hp = _round_up(cfg.head_dim, config.lanes)          # a head, padded to whole words
+    qkv_n = 3 * cfg.heads * hp if rows is None else hp  # the spill program: one part a product
+    products = [("patch embedding", m_p, cfg.patch_dim, d), ("qkv", m_all, d, qkv_n),
+                ("attention scores", m_all, cfg.head_dim, n),
+                ("attention output", m_all, n, cfg.head_dim),
+                ("projection", m_all, cfg.heads * hp, d), ("fc1", m_all, d, cfg.mlp_hidden),
+                ("fc2", m_all, cfg.mlp_hidden, d)]
+    out = []
     for what, m_, k_, n_ in products:
         for name, v, hi in (("M", m_, c.max_m), ("K", k_, c.max_k), ("N", n_, c.max_n)):
             if v > hi:
-                if name == "M" and n > c.max_m:
-                    raise ValueError(
-                        f"{cfg.name} has {n} tokens; the activation buffer and the compute unit "
-                        f"hold at most {c.max_m} rows (max_m). Its token matrix would have to "
-                        f"be spilled to DDR between layers, which this compiler does not "
-                        f"emit")
-                raise ValueError(f"{cfg.name}: the {what} product needs {name} = {v}, above the "
-                                 f"configured max_{name.lower()} = {hi}")
+                out.append(f"the {what} product needs {name} = {v}, above max_{name.lower()} "
+                           f"= {hi}")
     if d > config.ln_max_len:
-        raise ValueError(f"{cfg.name}: LayerNorm rows of {d} exceed ln_max_len = "
-                         f"{config.ln_max_len}")
+        out.append(f"LayerNorm rows of {d} exceed ln_max_len = {config.ln_max_len}")
     if n > config.softmax_max_len:
-        raise ValueError(f"{cfg.name}: softmax rows of {n} exceed softmax_max_len = "
-                         f"{config.softmax_max_len}")
+        out.append(f"softmax rows of {n} exceed softmax_max_len = {config.softmax_max_len}")
     if cfg.moe_blocks:
         try:
-            config.moe.check_model(cfg)
+            config.moe.check_model(cfg, rows)
         except ValueError as exc:
-            raise ValueError(f"{exc} (its largest shape is {mdl.name}'s)") from None
-    if cfg.num_tasks > 255:
-        raise ValueError(f"{cfg.name} has {cfg.num_tasks} tasks; at most 255 are supported")
+            out.append(f"{exc} (its largest shape is {mdl.name}'s)")
+    if rows is not None and (config.lanes * 2) % config.beat_bytes:
+        out.append(f"an activation-buffer word ({config.lanes * 2} bytes) is not a whole "
+                   f"number of {config.beat_bytes}-byte bus words, so row tiles cannot be "
+                   f"spilled to DDR")
+    return out
 
 
 def _plan(cfg, config):
@@ -364,21 +423,70 @@ def _plan(cfg, config):
     attn_end = attn + n * wa
     scratch_words = config.moe_for(cfg).scratch_words if cfg.moe_blocks else 0
     size = max(cfg.num_patches * wp, attn_end - shared, n * wh, scratch_words)
-    words = shared + size
-    if words > c.abuf_depth:
-        raise ValueError(f"{cfg.name} needs {words} activation-buffer words (x and u: "
-                         f"{2 * n * wd}, shared region {size}); the configuration has "
-                         f"abuf_depth = {c.abuf_depth}. A token matrix that does not fit on "
-                         f"chip would have to be spilled to DDR, which this compiler does not "
-                         f"emit")
     return AbufPlan(lanes=L, x=x, u=u, shared=shared, qkv=qkv,
                     scores=(scores0, scores1), attn=attn,
                     hidden=shared, patches=shared, scratch=shared, row_words=wd, qkv_words=wq,
-                    score_words=ws, hidden_words=wh, patch_words=wp, words=words,
+                    score_words=ws, hidden_words=wh, patch_words=wp, words=shared + size,
                     head_words=hw, attn_words=wa)
 
 
-def compile_model(qm, config):
+def _spill_plan(cfg, config, rows):
+    """The activation buffer of the DDR-spill program with tiles of ``rows`` tokens (module
+    docstring): ``x`` and ``u`` hold a tile; the shared region in turn the ``qkv`` parts of a
+    tile, a head's attention (``q`` of the tile, ``k`` and ``v`` of every token, the tile's
+    scores and attention output), the tile's hidden layer, its patches, and the MoE engine's
+    scratch for a tile."""
+    L = config.lanes
+    n, d = cfg.tokens, cfg.dim
+    hw = _ceil(cfg.head_dim, L)
+    wa, wd, ws = cfg.heads * hw, _ceil(d, L), _ceil(n, L)
+    wh, wp = _ceil(cfg.mlp_hidden, L), _ceil(cfg.patch_dim, L)
+    x, u, shared = 0, rows * wd, 2 * rows * wd
+    q = shared
+    k = q + rows * hw
+    v = k + n * hw
+    scores = v + n * hw
+    attn = scores + rows * ws
+    scratch_words = config.moe_for(cfg, rows).scratch_words if cfg.moe_blocks else 0
+    size = max(3 * cfg.heads * rows * hw, attn + rows * wa - shared, rows * wh,
+               min(rows, cfg.num_patches) * wp, scratch_words)
+    return AbufPlan(lanes=L, x=x, u=u, shared=shared, qkv=shared, scores=(scores, scores),
+                    attn=attn, hidden=shared, patches=shared, scratch=shared, row_words=wd,
+                    qkv_words=hw, score_words=ws, hidden_words=wh, patch_words=wp,
+                    words=shared + size, head_words=hw, attn_words=wa, spill_rows=rows,
+                    q=q, k=k, v=v)
+
+
+def _choose_plan(cfg, config, spill_rows):
+    """The on-chip plan when the model fits it and ``spill_rows`` is None, else the spill plan
+    with ``spill_rows`` tokens a tile (None: the most that fit); ``ValueError`` naming every
+    limit the model exceeds when neither fits."""
+    c = config.compute
+    depth = c.abuf_depth
+    if spill_rows is None:
+        if not _limits(cfg, config):
+            plan = _plan(cfg, config)
+            if plan.words <= depth:
+                return plan
+        # (a tile is one pass of the MoE engine: at most the tokens it is built for)
+        top = min(c.max_m, cfg.tokens, config.moe.tokens if cfg.moe_blocks else cfg.tokens)
+        tiles = range(top, 0, -1)
+    else:
+        check_int("spill_rows", spill_rows, 1, min(c.max_m, cfg.tokens))
+        tiles = [spill_rows]
+    problems = _limits(cfg, config, tiles[0])
+    if not problems:
+        for rows in tiles:
+            plan = _spill_plan(cfg, config, rows)
+            if plan.words <= depth:
+                return plan
+        problems = [f"in tiles of {rows} token{'s' if rows > 1 else ''} spilled to DDR it "
+                    f"needs {plan.words} activation-buffer words, above abuf_depth = "
+                    f"{depth}"]
+    raise ValueError(f"{cfg.name} does not fit this accelerator: " + "; ".join(problems))
+
+
+def compile_model(qm, config, *, spill_rows=None):
     """Compile a quantised model for an accelerator configuration.
 
     Parameters
@@ -387,6 +495,10 @@ def compile_model(qm, config):
         The integer parameters (:func:`golden.twin.quantize_params`).
     config : hdl.config.AccelConfig or str
         The accelerator (a preset name is looked up with :func:`hdl.config.get_accel_config`).
+    spill_rows : int or None
+        ``None``: the token matrices stay on chip when they fit, else the DDR-spill program
+        with the largest tiles that fit. An integer (1 … ``min(max_m, tokens)``): the DDR-spill
+        program with tiles of that many tokens, whether or not the model would fit on chip.
 
     Returns
     -------
@@ -395,8 +507,9 @@ def compile_model(qm, config):
     Raises
     ------
     ValueError
-        The model does not fit the configuration's maxima, its MoE blocks do not have the
-        shape the MoE engine is built for, or its token matrices do not fit on chip.
+        The model exceeds the configuration's maxima (the message lists every one), its MoE
+        blocks are not within the MoE engine's shape, or even its DDR-spill program's
+        activation-buffer areas do not fit.
     """
     from .config import AccelConfig, get_accel_config
     config = get_accel_config(config)
@@ -408,10 +521,11 @@ def compile_model(qm, config):
     nx = config.numerics
     if getattr(qm, "numerics", nx) != nx:
         raise ValueError("the model was quantised with other numerics than the accelerator's")
-    _check_fit(cfg, config)
-    plan = _plan(cfg, config)
+    _check_structure(cfg, config)
+    plan = _choose_plan(cfg, config, spill_rows)
     L = plan.lanes
     n, d, hd = cfg.tokens, cfg.dim, cfg.head_dim
+    wd, wp = plan.row_words, plan.patch_words
     a = config.compute.array
     stream = _Stream(config)
     prog = _Program()
@@ -434,29 +548,31 @@ def compile_model(qm, config):
         flags = kw.pop("flags", 0) | (MatmulFlags.BIAS if b is not None else 0)
         matmul(kw.pop("m"), k, nn, flags=flags, **kw)
 
-    def layernorm(prefix, src, dst):
+    def layernorm(prefix, src, dst, rows=n):
         eps = ln_eps_int(d, nx.act)
         stream.layernorm(qm[prefix + "_g"], qm[prefix + "_b"], eps, prefix)
-        prog.emit(Opcode.LAYERNORM, rows=n, n=d, in_base=src, in_stride=plan.row_words,
-                  out_base=dst, out_stride=plan.row_words)
+        prog.emit(Opcode.LAYERNORM, rows=rows, n=d, in_base=src, in_stride=wd,
+                  out_base=dst, out_stride=wd)
 
-    # Input patches and the position embedding, then the patch embedding accumulated into
-    # rows 1.. of x.
-    input_words = cfg.num_patches * plan.patch_words
-    input_bytes = _round_up(input_words * L * 2, config.beat_bytes)
-    prog.emit(Opcode.LOAD, base=Base.INPUT, offset=0, addr=plan.patches, words=input_words)
-    # (the position embedding's offset is known once the stream is complete: patched below)
-    pos_load = len(prog.words)
-    prog.emit(Opcode.LOAD, base=Base.WEIGHTS, offset=0, addr=plan.x, words=n * plan.row_words)
-    dense(qm["patch_w"], qm["patch_b"], "patch_embed", m=cfg.num_patches, x_fmt=nx.pixel,
-          w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.patches, x_stride=plan.patch_words,
-          y_base=plan.x + plan.row_words, y_stride=plan.row_words,
-          flags=MatmulFlags.ACCUMULATE)
+    # The position embedding's offset is known once the stream is complete: its LOADs are
+    # patched at the end (instruction index, first row, rows).
+    pos_loads = []
+
+    def load_pos(row, rows):
+        pos_loads.append((len(prog.words), row, rows))
+        prog.emit(Opcode.LOAD, base=Base.WEIGHTS, offset=0, addr=plan.x, words=rows * wd)
+
+    def patch_embed(p0, p1, y_base):
+        """Patches ``p0 … p1 − 1`` embedded and accumulated into the rows from ``y_base``."""
+        prog.emit(Opcode.LOAD, base=Base.INPUT, offset=p0 * wp * L * 2, addr=plan.patches,
+                  words=(p1 - p0) * wp)
+        dense(qm["patch_w"], qm["patch_b"], "patch_embed", m=p1 - p0, x_fmt=nx.pixel,
+              w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.patches, x_stride=wp,
+              y_base=y_base, y_stride=wd, flags=MatmulFlags.ACCUMULATE)
 
     sm_fmt = config.softmax.in_formats.index(nx.score)
     sm_scale = softmax_scale_int(hd ** -0.5, nx)
     moe_layer = 0
-    moe_shape = config.moe.shape_of(cfg) if cfg.moe_blocks else {}   # checked by _check_fit
     hw, H = plan.head_words, cfg.heads
     hp = hw * L                                 # a head's elements, padded to whole words
 
@@ -473,56 +589,142 @@ def compile_model(qm, config):
             out[j * hp:j * hp + hd] = w[j * hd:(j + 1) * hd]
         return np.moveaxis(out, 0, axis)
 
-    for i in range(cfg.depth):
-        b = f"blocks.{i}."
-        prog.block = f"block{i}"
-        layernorm(b + "ln1", plan.x, plan.u)
-        dense(pad_heads(qm[b + "qkv_w"], 0), pad_heads(qm[b + "qkv_b"], 0), b + "qkv", m=n,
-              x_fmt=nx.ln_out,
-              w_fmt=nx.weight, out_fmt=nx.qkv, x_base=plan.u, x_stride=plan.row_words,
-              y_base=plan.qkv, y_stride=plan.qkv_words)
-        # Heads overlap, two score areas in turn: Q·Kᵀ of head h runs beside the softmax of
-        # head h − 1; A·V of head h − 1 comes after the softmax of head h (which started only
-        # once that of h − 1 was done) and runs beside it, so only the last head's A·V waits.
-        def attention_out(h, flags=0):
-            matmul(n, n, hd, x_fmt=nx.prob, w_fmt=nx.qkv, out_fmt=nx.act,
-                   x_base=plan.scores[h % 2], x_stride=plan.score_words,
-                   w_base=plan.qkv + (2 * H + h) * hw, w_stride=plan.qkv_words,
-                   y_base=plan.attn + h * hw, y_stride=plan.attn_words,
-                   flags=MatmulFlags.W_FROM_ABUF | MatmulFlags.W_TRANSPOSED | flags)
+    def mlp(b, rows):
+        """The dense MLP of ``rows`` tokens: u → hidden → accumulated into x."""
+        dense(qm[b + "fc1_w"], qm[b + "fc1_b"], b + "fc1", m=rows, x_fmt=nx.ln_out,
+              w_fmt=nx.weight, out_fmt=nx.hidden, x_base=plan.u, x_stride=wd,
+              y_base=plan.hidden, y_stride=plan.hidden_words, flags=MatmulFlags.GELU)
+        dense(qm[b + "fc2_w"], qm[b + "fc2_b"], b + "fc2", m=rows, x_fmt=nx.hidden,
+              w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.hidden,
+              x_stride=plan.hidden_words, y_base=plan.x, y_stride=wd,
+              flags=MatmulFlags.ACCUMULATE)
 
-        for h in range(cfg.heads):
-            matmul(n, hd, n, x_fmt=nx.qkv, w_fmt=nx.qkv, out_fmt=nx.score,
-                   x_base=plan.qkv + h * hw, x_stride=plan.qkv_words,
-                   w_base=plan.qkv + (H + h) * hw, w_stride=plan.qkv_words,
-                   y_base=plan.scores[h % 2], y_stride=plan.score_words,
-                   flags=MatmulFlags.W_FROM_ABUF)
-            prog.emit(Opcode.SOFTMAX, rows=n, n=n, scale=sm_scale, fmt=sm_fmt,
-                      in_base=plan.scores[h % 2], in_stride=plan.score_words,
-                      out_base=plan.scores[h % 2], out_stride=plan.score_words)
-            if h:
-                attention_out(h - 1)
-        attention_out(cfg.heads - 1, MatmulFlags.WAIT_SOFTMAX)
-        dense(pad_heads(qm[b + "proj_w"], 1), qm[b + "proj_b"], b + "proj", m=n, x_fmt=nx.act,
-              w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.attn, x_stride=plan.attn_words,
-              y_base=plan.x, y_stride=plan.row_words, flags=MatmulFlags.ACCUMULATE)
-        layernorm(b + "ln2", plan.x, plan.u)
-        if cfg.is_moe(i):
-            prog.emit(Opcode.MOE, layer=moe_layer, u_base=plan.u, x_base=plan.x,
-                      scratch_base=plan.scratch, **moe_shape)
-            moe_layer += 1
-        else:
-            dense(qm[b + "fc1_w"], qm[b + "fc1_b"], b + "fc1", m=n, x_fmt=nx.ln_out,
-                  w_fmt=nx.weight, out_fmt=nx.hidden, x_base=plan.u, x_stride=plan.row_words,
-                  y_base=plan.hidden, y_stride=plan.hidden_words, flags=MatmulFlags.GELU)
-            dense(qm[b + "fc2_w"], qm[b + "fc2_b"], b + "fc2", m=n, x_fmt=nx.hidden,
-                  w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.hidden,
-                  x_stride=plan.hidden_words, y_base=plan.x, y_stride=plan.row_words,
-                  flags=MatmulFlags.ACCUMULATE)
-    prog.block = "output"
-    output_words = n * plan.row_words
+    def moe(rows=n):
+        # (the shape is within the engine's: checked by _limits)
+        prog.emit(Opcode.MOE, layer=moe_layer, u_base=plan.u, x_base=plan.x,
+                  scratch_base=plan.scratch, **config.moe.shape_of(cfg, rows))
+
+    output_words = n * wd
     output_bytes = _round_up(output_words * L * 2, config.beat_bytes)
-    prog.emit(Opcode.STORE, base=Base.OUTPUT, offset=0, addr=plan.x, words=output_words)
+    spill_bytes = 0
+    if not plan.spill_rows:
+        # Input patches and the position embedding, then the patch embedding accumulated into
+        # rows 1.. of x.
+        load_pos(0, n)
+        patch_embed(0, cfg.num_patches, plan.x + wd)
+        for i in range(cfg.depth):
+            b = f"blocks.{i}."
+            prog.block = f"block{i}"
+            layernorm(b + "ln1", plan.x, plan.u)
+            dense(pad_heads(qm[b + "qkv_w"], 0), pad_heads(qm[b + "qkv_b"], 0), b + "qkv",
+                  m=n, x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.qkv, x_base=plan.u,
+                  x_stride=wd, y_base=plan.qkv, y_stride=plan.qkv_words)
+            # Heads overlap, two score areas in turn: Q·Kᵀ of head h runs beside the softmax
+            # of head h − 1; A·V of head h − 1 comes after the softmax of head h (which started
+            # only once that of h − 1 was done) and runs beside it, so only the last head's
+            # A·V waits.
+            def attention_out(h, flags=0):
+                matmul(n, n, hd, x_fmt=nx.prob, w_fmt=nx.qkv, out_fmt=nx.act,
+                       x_base=plan.scores[h % 2], x_stride=plan.score_words,
+                       w_base=plan.qkv + (2 * H + h) * hw, w_stride=plan.qkv_words,
+                       y_base=plan.attn + h * hw, y_stride=plan.attn_words,
+                       flags=MatmulFlags.W_FROM_ABUF | MatmulFlags.W_TRANSPOSED | flags)
+
+            for h in range(cfg.heads):
+                matmul(n, hd, n, x_fmt=nx.qkv, w_fmt=nx.qkv, out_fmt=nx.score,
+                       x_base=plan.qkv + h * hw, x_stride=plan.qkv_words,
+                       w_base=plan.qkv + (H + h) * hw, w_stride=plan.qkv_words,
+                       y_base=plan.scores[h % 2], y_stride=plan.score_words,
+                       flags=MatmulFlags.W_FROM_ABUF)
+                prog.emit(Opcode.SOFTMAX, rows=n, n=n, scale=sm_scale, fmt=sm_fmt,
+                          in_base=plan.scores[h % 2], in_stride=plan.score_words,
+                          out_base=plan.scores[h % 2], out_stride=plan.score_words)
+                if h:
+                    attention_out(h - 1)
+            attention_out(cfg.heads - 1, MatmulFlags.WAIT_SOFTMAX)
+            dense(pad_heads(qm[b + "proj_w"], 1), qm[b + "proj_b"], b + "proj", m=n,
+                  x_fmt=nx.act, w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.attn,
+                  x_stride=plan.attn_words, y_base=plan.x, y_stride=wd,
+                  flags=MatmulFlags.ACCUMULATE)
+            layernorm(b + "ln2", plan.x, plan.u)
+            if cfg.is_moe(i):
+                moe()
+                moe_layer += 1
+            else:
+                mlp(b, n)
+        prog.block = "output"
+        prog.emit(Opcode.STORE, base=Base.OUTPUT, offset=0, addr=plan.x, words=output_words)
+    else:
+        # The DDR-spill program (module docstring): the token matrix x lives in the output
+        # region (it is the output at the end), q, k and v of every head after it; the work
+        # goes through the activation buffer a tile of rows at a time.
+        T, WB = plan.spill_rows, L * 2
+        qkv_offset = output_bytes
+        spill_bytes = 3 * H * n * hw * WB
+        tiles = [(t0, min(t0 + T, n)) for t0 in range(0, n, T)]
+
+        def x_io(op, t0, t1, addr=plan.x):
+            prog.emit(op, base=Base.OUTPUT, offset=t0 * wd * WB, addr=addr,
+                      words=(t1 - t0) * wd)
+
+        def part_io(op, j, t0, t1, addr):
+            """Rows ``t0 … t1 − 1`` of qkv part ``j`` (q of head j, k of head j − H, v of
+            head j − 2H), stored part after part."""
+            prog.emit(op, base=Base.OUTPUT, offset=qkv_offset + (j * n + t0) * hw * WB,
+                      addr=addr, words=(t1 - t0) * hw)
+
+        for t0, t1 in tiles:
+            load_pos(t0, t1 - t0)
+            p0, p1 = max(t0, 1) - 1, t1 - 1       # token i ≥ 1 is patch i − 1
+            if p1 > p0:
+                patch_embed(p0, p1, plan.x + (p0 + 1 - t0) * wd)
+            x_io(Opcode.STORE, t0, t1)
+        for i in range(cfg.depth):
+            b = f"blocks.{i}."
+            prog.block = f"block{i}"
+            qkv_w, qkv_b = pad_heads(qm[b + "qkv_w"], 0), pad_heads(qm[b + "qkv_b"], 0)
+            for t0, t1 in tiles:
+                r = t1 - t0
+                x_io(Opcode.LOAD, t0, t1)
+                layernorm(b + "ln1", plan.x, plan.u, r)
+                for j in range(3 * H):
+                    y = plan.qkv + j * T * hw
+                    dense(qkv_w[j * hp:(j + 1) * hp], qkv_b[j * hp:(j + 1) * hp],
+                          f"{b}qkv[{j}]", m=r, x_fmt=nx.ln_out, w_fmt=nx.weight,
+                          out_fmt=nx.qkv, x_base=plan.u, x_stride=wd, y_base=y, y_stride=hw)
+                    part_io(Opcode.STORE, j, t0, t1, y)
+            for t0, t1 in tiles:
+                r = t1 - t0
+                x_io(Opcode.LOAD, t0, t1)
+                for h in range(H):
+                    part_io(Opcode.LOAD, h, t0, t1, plan.q)
+                    part_io(Opcode.LOAD, H + h, 0, n, plan.k)
+                    part_io(Opcode.LOAD, 2 * H + h, 0, n, plan.v)
+                    matmul(r, hd, n, x_fmt=nx.qkv, w_fmt=nx.qkv, out_fmt=nx.score,
+                           x_base=plan.q, x_stride=hw, w_base=plan.k, w_stride=hw,
+                           y_base=plan.scores[0], y_stride=plan.score_words,
+                           flags=MatmulFlags.W_FROM_ABUF)
+                    prog.emit(Opcode.SOFTMAX, rows=r, n=n, scale=sm_scale, fmt=sm_fmt,
+                              in_base=plan.scores[0], in_stride=plan.score_words,
+                              out_base=plan.scores[0], out_stride=plan.score_words)
+                    matmul(r, n, hd, x_fmt=nx.prob, w_fmt=nx.qkv, out_fmt=nx.act,
+                           x_base=plan.scores[0], x_stride=plan.score_words,
+                           w_base=plan.v, w_stride=hw, y_base=plan.attn + h * hw,
+                           y_stride=plan.attn_words,
+                           flags=MatmulFlags.W_FROM_ABUF | MatmulFlags.W_TRANSPOSED
+                           | MatmulFlags.WAIT_SOFTMAX)
+                dense(pad_heads(qm[b + "proj_w"], 1), qm[b + "proj_b"], b + "proj", m=r,
+                      x_fmt=nx.act, w_fmt=nx.weight, out_fmt=nx.act, x_base=plan.attn,
+                      x_stride=plan.attn_words, y_base=plan.x, y_stride=wd,
+                      flags=MatmulFlags.ACCUMULATE)
+                layernorm(b + "ln2", plan.x, plan.u, r)
+                if cfg.is_moe(i):
+                    moe(r)              # the MoE layer on the tile's tokens: one pass
+                else:
+                    mlp(b, r)
+                x_io(Opcode.STORE, t0, t1)
+            moe_layer += cfg.is_moe(i)
+        prog.block = "output"
     prog.emit(Opcode.END)
 
     # The weight image: stream (as sub-streams, one per port that reads it), MoE image,
@@ -540,10 +742,14 @@ def compile_model(qm, config):
     weights[:len(pstream)] = pstream
     weights[moe_offset:moe_offset + len(moe_image)] = moe_image
     weights[pos_offset:pos_offset + len(pos)] = pos
-    prog.words[pos_load] = isa.encode(Opcode.LOAD, base=Base.WEIGHTS, offset=pos_offset,
-                                      addr=plan.x, words=n * plan.row_words)
+    for at, row, rows in pos_loads:
+        prog.words[at] = isa.encode(Opcode.LOAD, base=Base.WEIGHTS,
+                                    offset=pos_offset + row * wd * L * 2, addr=plan.x,
+                                    words=rows * wd)
+    input_bytes = _round_up(cfg.num_patches * wp * L * 2, config.beat_bytes)
     header = isa.encode_header(num_tasks=cfg.num_tasks, input_bytes=input_bytes,
-                               output_bytes=output_bytes, weights_bytes=len(weights),
+                               output_bytes=output_bytes + spill_bytes,
+                               weights_bytes=len(weights),
                                pstream_bytes=len(pstream), moe_offset=moe_offset,
                                moe_bytes=len(moe_image))
     return CompiledModel(cfg=cfg, config=config, weights=bytes(weights),
@@ -551,4 +757,5 @@ def compile_model(qm, config):
                          input_bytes=input_bytes, output_bytes=output_bytes,
                          pos_offset=pos_offset, moe_offset=moe_offset,
                          moe_bytes=len(moe_image), pstream_bytes=len(pstream),
-                         segments=stream.segments, blocks=prog.blocks)
+                         segments=stream.segments, blocks=prog.blocks,
+                         spill_bytes=spill_bytes)

@@ -238,14 +238,16 @@ class AccelConfig:
             p *= 2
         return p
 
-    def moe_for(self, cfg):
+    def moe_for(self, cfg, tokens=None):
         """The :class:`~hdl.moe.layer.MoELayerConfig` of a model's own MoE shape on this
         configuration's compute unit and ports (the engine is :attr:`moe`, built for the
-        largest; this one sizes the model's image, buffer rows and cycle formulas). Raises
-        ``ValueError`` when the shape is not within :attr:`moe`'s."""
+        largest; this one sizes the model's image, buffer rows and cycle formulas), with
+        ``tokens`` per pass (default all: see :attr:`hdl.compiler.CompiledModel.moe_tokens`).
+        Raises ``ValueError`` when the shape is not within :attr:`moe`'s."""
         from .moe.layer import MoELayerConfig
-        self.moe.check_model(cfg)
-        return MoELayerConfig.for_model(cfg, self.compute, data_width=self.axi_data_width,
+        self.moe.check_model(cfg, tokens)
+        return MoELayerConfig.for_model(cfg, self.compute, tokens=tokens,
+                                        data_width=self.axi_data_width,
                                         ports=self.moe_ports, addr_width=self.axi_addr_width,
                                         max_burst_beats=self.max_burst_beats,
                                         max_outstanding=self.max_outstanding,

@@ -299,12 +299,19 @@ class Datapath(wiring.Component):
             ]
 
         # -- parameter stream → compute unit ----------------------------------------------------
-        # Only while a MATMUL that takes them executes: the compute unit's own weight queue is
-        # shared with the MoE engine, so weights read ahead for the next dense product must wait
-        # in the parameter stream's queue, not in the unit's (where an MOE would take them).
+        # Only while a MATMUL that takes them executes, and only as many as it takes: the
+        # compute unit's own weight and bias queues are shared with the MoE engine, so the
+        # weights and biases read ahead for the next dense product must wait in the parameter
+        # stream's queue, not in the unit's (where an MOE would take them).
         mm_active = Signal()
-        mm_stream_w = mm_active & ~ins.args.matmul.flags[0]
-        mm_stream_b = mm_active & ins.args.matmul.flags[2]
+        # Weight transfers (load_words weight words each) and bias words of the MATMUL (from
+        # the stream), and those delivered.
+        w_expected = Signal(32)
+        w_delivered = Signal(32)
+        b_expected = Signal(range(cc.max_nt + 1))
+        b_delivered = Signal(range(cc.max_nt + 1))
+        mm_stream_w = mm_active & ~ins.args.matmul.flags[0] & (w_delivered < w_expected)
+        mm_stream_b = mm_active & ins.args.matmul.flags[2] & (b_delivered < b_expected)
         m.d.comb += [
             moe.cu_w.valid.eq(ps.w.valid & mm_stream_w), moe.cu_w.payload.eq(ps.w.payload),
             ps.w.ready.eq(moe.cu_w.ready & mm_stream_w),
@@ -345,13 +352,12 @@ class Datapath(wiring.Component):
             | mm.q_shift[shift_w:].any() | mm.b_shift[shift_w:].any()
             | mm.out_bits[len(cmd.out_bits):].any()
             | flags[4] | flags[7:].any())
-        # Weight words of the MATMUL (from the stream) and those delivered: for the stall count.
-        w_expected = Signal(32)
-        w_delivered = Signal(32)
         nt = (mm.n + a.cols - 1) >> _log2(a.cols)
         kt = (mm.k + a.rows - 1) >> _log2(a.rows)
-        with m.If(moe.cu_w.valid & moe.cu_w.ready):
+        with m.If(moe.cu_w.valid & moe.cu_w.ready & mm_stream_w):
             m.d.sync += w_delivered.eq(w_delivered + 1)
+        with m.If(moe.cu_b.valid & moe.cu_b.ready & mm_stream_b):
+            m.d.sync += b_delivered.eq(b_delivered + 1)
 
         # -- MOE ------------------------------------------------------------------------------
         mo = ins.args.moe
@@ -460,8 +466,11 @@ class Datapath(wiring.Component):
                             m.next = "FINISHED"
                         with m.Case(Opcode.LOAD, Opcode.STORE):
                             is_load = ins.opcode == Opcode.LOAD
-                            ok_base = Mux(is_load, (xfer.base == Base.INPUT)
-                                          | (xfer.base == Base.WEIGHTS), xfer.base == Base.OUTPUT)
+                            # A LOAD reads any region (OUTPUT: what the program spilled
+                            # there; a STORE's data is in DDR once it ends), a STORE writes
+                            # only the output region.
+                            ok_base = Mux(is_load, xfer.base <= Base.OUTPUT,
+                                          xfer.base == Base.OUTPUT)
                             base = Mux(xfer.base == Base.INPUT, iaddr,
                                        Mux(xfer.base == Base.WEIGHTS, waddr, oaddr))
                             m.d.sync += ddr_addr.eq(base + xfer.offset)
@@ -473,7 +482,9 @@ class Datapath(wiring.Component):
                             with m.Else():
                                 m.next = "STORE"
                         with m.Case(Opcode.MATMUL):
-                            m.d.sync += [w_expected.eq(nt * kt * a.cols), w_delivered.eq(0)]
+                            m.d.sync += [w_expected.eq(nt * kt * (a.cols // a.load_words)),
+                                         w_delivered.eq(0), b_expected.eq(nt),
+                                         b_delivered.eq(0)]
                             with m.If(mm_bad):
                                 m.d.sync += fail(ErrorCode.PROGRAM_ERROR)
                                 m.next = "FAILED"

@@ -149,7 +149,7 @@ class Driver:
 
     # -- model ------------------------------------------------------------------------------
 
-    def load_model(self, model, model_cfg=None, *, task=0):
+    def load_model(self, model, model_cfg=None, *, task=0, spill_rows=None):
         """Compile a model for this accelerator and write it into DDR.
 
         Parameters
@@ -161,6 +161,9 @@ class Driver:
             Needed unless ``model`` is a :class:`~golden.twin.QuantizedModel`.
         task : int
             The task of the following frames (:meth:`set_task`).
+        spill_rows : int or None
+            Passed to :func:`hdl.compiler.compile_model` (``None``: the token matrices on chip
+            when they fit, else spilled to DDR in the largest tiles that fit).
 
         Returns
         -------
@@ -175,14 +178,14 @@ class Driver:
                 from golden.checkpoint import load_checkpoint
                 model = load_checkpoint(model, model_cfg).state_dict()
             model = quantize_params(model, model_cfg, self.config.numerics)
-        cm = compile_model(model, self.config)
+        cm = compile_model(model, self.config, spill_rows=spill_rows)
         b = self.backend
         base = _round_up(b.ddr_base, _PAGE)
         weights = base
         program = _round_up(weights + len(cm.weights), _PAGE)
         inp = _round_up(program + len(cm.program), _PAGE)
         out = _round_up(inp + cm.input_bytes, _PAGE)
-        end = _round_up(out + cm.output_bytes, _PAGE)
+        end = _round_up(out + cm.output_region_bytes, _PAGE)
         if end > b.ddr_base + b.ddr_size:
             raise ValueError(f"the model needs {end - b.ddr_base} bytes of DDR; the back end has "
                              f"{b.ddr_size}")

@@ -70,18 +70,24 @@ class FrameEstimate:
                 "ddr_bytes": self.ddr_bytes, "by_opcode": dict(self.by_opcode)}
 
 
-def expert_counts(qm, image_q, task):
-    """Tokens per used expert of every MoE block, from the twin's routing of this frame."""
+def expert_counts(qm, image_q, task, moe_tokens=None):
+    """Tokens per used expert of every pass of an MoE layer, in program order (each MoE block's
+    tiles of ``moe_tokens`` tokens in turn; one pass a block by default), from the twin's
+    routing of this frame."""
     import numpy as np
     from golden import qref
     from golden.twin import twin_forward
     taps = {}
-    twin_forward(qm, image_q, task, taps)
+    twin_forward(qm, image_q, task, taps, moe_tokens=moe_tokens)
+    n = qm.cfg.tokens
+    step = moe_tokens or n
     out = []
     for blk in qm.cfg.moe_blocks:
         idx = taps[f"block{blk}.topk_idx"]
-        out.append([len(t) for _, t, _ in qref.reorder(idx, np.zeros_like(idx),
-                                                        qm.cfg.num_experts)])
+        for t0 in range(0, n, step):
+            tile = idx[t0:t0 + step]
+            out.append([len(t) for _, t, _ in qref.reorder(tile, np.zeros_like(tile),
+                                                            qm.cfg.num_experts)])
     return out
 
 
@@ -92,8 +98,9 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
     Parameters
     ----------
     counts : list of list of int or None
-        Tokens per used expert for each MoE layer (:func:`expert_counts`); default: every
-        expert used, tokens spread evenly.
+        Tokens per used expert for each ``MOE`` instruction in program order
+        (:func:`expert_counts` with the model's ``moe_tokens``); default: every expert used,
+        tokens spread evenly.
     latency : int
         DDR latency in cycles.
     ddr_bytes_per_cycle : float or None
@@ -130,11 +137,17 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
     ln_lat = 40
     sm_lat = 60
     overhead = 4            # fetch, decode, dispatch, completion
-    if counts is None and cfg.moe_blocks:
-        per = cfg.tokens * cfg.top_k / cfg.num_experts
-        counts = [[max(1, round(per))] * cfg.num_experts for _ in cfg.moe_blocks]
-    # The engine's cycle formulas and image layout at the model's own MoE shape.
-    mc = c.moe_for(cfg) if cfg.moe_blocks else None
+    passes = [f for op, f in ops if op == Opcode.MOE]
+    if counts is None:
+        counts = [[max(1, round(f["tokens"] * cfg.top_k / cfg.num_experts))] * cfg.num_experts
+                  for f in passes]
+    if len(counts) != len(passes):
+        raise ValueError(f"counts has {len(counts)} entries; the program has {len(passes)} MOE "
+                         f"instructions")
+    moe_pass = 0
+    # The engine's cycle formulas and image layout at the model's own MoE shape (the tokens of
+    # a pass: all, or a tile's when the token matrix is spilled).
+    mc = c.moe_for(cfg, cm.moe_tokens) if cfg.moe_blocks else None
     moe_engine = MoELayer(mc) if cfg.moe_blocks else None
     unelaborated(cu, moe_engine)      # built for their cycle formulas only
     lay = mc.layout if cfg.moe_blocks else None
@@ -192,15 +205,17 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
             sm_end = est.cycles + overhead + f["rows"] * max(words, beats) + sm_lat
             add(op.name, 0, 0, 0)
         elif op == Opcode.MOE:
-            layer_counts = counts[f["layer"]]
+            layer_counts = counts[moe_pass]
+            moe_pass += 1
+            tokens = f["tokens"]
             router = lay.bytes_for_router()
             expert = lay.bytes_for_expert()
-            logits = cu.cycles(cfg.tokens, cfg.dim, cfg.num_experts)
+            logits = cu.cycles(tokens, cfg.dim, cfg.num_experts)
             # The routing: 2·E cycles as before, plus the reorder's scatter (N·k) and its scan
             # of the counters for the first expert (E).
             route = (moe_engine.setup_cycles + latency + router / moe_bw + logits
-                     + cfg.tokens * mc.logit_words + sm_lat + 3 * cfg.num_experts
-                     + cfg.tokens * cfg.top_k)
+                     + tokens * mc.logit_words + sm_lat + 3 * cfg.num_experts
+                     + tokens * cfg.top_k)
             # Experts in order: half g of the job list (job g // 2's fc1 parts when g is even,
             # its fc2 parts when odd) is fetched when the DMA is free and half g − S is
             # released (S = the DMA's half-expert slots; an fc1 half when its job's FC1 is

@@ -161,8 +161,8 @@ class ProgramModel:
                 break
             if op in (Opcode.LOAD, Opcode.STORE):
                 base = f["base"]
-                ok = base in (Base.INPUT, Base.WEIGHTS) if op == Opcode.LOAD else \
-                    base == Base.OUTPUT
+                ok = base in (Base.INPUT, Base.WEIGHTS, Base.OUTPUT) if op == Opcode.LOAD \
+                    else base == Base.OUTPUT
                 if not ok or f["addr"] + f["words"] > self.abuf.shape[0]:
                     raise ProgramFault(ErrorCode.PROGRAM_ERROR, f"bad {op.name} {f}")
                 addr = bases[Base(base)] + f["offset"]

@@ -28,6 +28,21 @@ def test_model_only_micro(capsys):
     assert r["pe_utilization"] == round(r["macs"] / (r["cycles"] * 64), 4)
 
 
+def test_spill_rows(capsys):
+    """``--spill-rows`` measures the DDR-spill program: bit-exact against the twin with the
+    tiles' MoE passes; more cycles and DDR bytes than on chip, more for smaller tiles."""
+    runs = {}
+    for rows in (None, 5, 2):
+        extra = [] if rows is None else ["--spill-rows", str(rows)]
+        code, out, err = _run(["--config", "micro", "--model-only", "--json", *extra], capsys)
+        assert code == 0, err
+        runs[rows] = r = json.loads(out)
+        assert r["bit_exact"] is True and r["spill_rows"] == (rows or 0)
+    assert runs[None]["cycles"] < runs[5]["cycles"] < runs[2]["cycles"]
+    assert runs[None]["ddr_bytes"] < runs[5]["ddr_bytes"] < runs[2]["ddr_bytes"]
+    assert len(runs[2]["experts_used"]) == 3 * len(runs[None]["experts_used"])
+
+
 @pytest.mark.slow
 def test_breakdown_and_plot_on_verilator(tmp_path, capsys):
     """The per-block cycles add up to the frame's cycles; the chart is a PNG. (Slow: the
@@ -97,6 +112,7 @@ def test_one_stream_port_in_simulation(capsys):
     (["--model-only", "--stream-ports", "4"], "stream_ports"),
     (["--sample-every", "0"], "--sample-every must be a positive"),
     (["--task", "7"], "task"),
+    (["--model-only", "--spill-rows", "6"], "spill_rows must be an integer in the range 1..5"),
 ])
 def test_refusals(argv, message, capsys):
     code, _, err = _run(["--config", "micro", *argv], capsys)

@@ -146,6 +146,38 @@ def test_micro_frame_on_a_banked_buffer(micro):
     assert np.array_equal(out, ref), f"first difference at {np.argwhere(out != ref)[:3].tolist()}"
 
 
+@pytest.mark.parametrize("abuf_depth, spill_rows, image", [
+    (192, None, 0),
+    pytest.param(256, 2, 1, marks=pytest.mark.slow),
+])
+def test_micro_frames_spilled_to_ddr(micro, abuf_depth, spill_rows, image):
+    """The DDR-spill program (hdl.compiler): the token matrix in the output region, q, k and v
+    after it, the work in tiles of rows, the MoE layer a pass per tile. Chosen by the compiler
+    on a buffer too small for micro's on-chip plan (tiles of 3), and forced with tiles of 2 on
+    the small configuration. The MoE layers are made to saturate, so that the frame equals the
+    twin with the tiles' MoE passes and not the one-pass twin; each frame exact."""
+    from test_compiler import saturating
+    qm = saturating(quantize_params(init_model(MICRO, 7).state_dict(), MICRO))
+    image, task = micro[1][image], 0
+    accel = SMALL.replace(compute=dataclasses.replace(SMALL.compute, abuf_depth=abuf_depth))
+    be = AmaranthBackend(accel, ddr_size=1 << 20, latency=30, jitter=8, p_addr_stall=0.1,
+                         seed=11)
+    drv = Driver(be, frame_timeout=4 * DEADLINE)
+    cm = drv.load_model(qm, spill_rows=spill_rows)
+    assert cm.plan.spill_rows == cm.moe_tokens == (spill_rows or 3) and cm.spill_bytes > 0
+    ref = twin_forward(qm, image, task, moe_tokens=cm.moe_tokens)
+    assert not np.array_equal(ref, twin_forward(qm, image, task))
+    drv.set_task(task)
+    drv.clear_counters()
+    out = drv.run_frame(image)
+    assert np.array_equal(out, ref), f"first difference at {np.argwhere(out != ref)[:3].tolist()}"
+    cnt = drv.counters()
+    # The embedding stores the tokens, every block its q, k, v and then its tokens.
+    assert cnt["ddr_write_bytes"] == cm.output_bytes + MICRO.depth * (cm.spill_bytes
+                                                                      + cm.output_bytes)
+    assert all(c.read_bursts for c in be.checkers) and be.checkers[0].write_bursts
+
+
 def test_errors_reset_and_recovery(micro3):
     """Every bad input ends in error status with its code and never hangs; a start while busy
     and a soft reset mid-frame are handled; a good frame after all of it is exact (micro with a

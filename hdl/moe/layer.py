@@ -162,11 +162,14 @@ class MoELayerConfig:
                              f"lanes must divide one another")
 
     @classmethod
-    def for_model(cls, cfg, compute, **kwargs):
-        """The configuration for the MoE blocks of a :class:`golden.config.ModelConfig`."""
+    def for_model(cls, cfg, compute, *, tokens=None, **kwargs):
+        """The configuration for the MoE blocks of a :class:`golden.config.ModelConfig`
+        (``tokens``: tokens per pass, when the layer runs on tiles of the token matrix;
+        default all)."""
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"cfg must be a ModelConfig, not {cfg!r}")
-        return cls(num_experts=cfg.num_experts, k=cfg.top_k, tokens=cfg.tokens, dim=cfg.dim,
+        tokens = cfg.tokens if tokens is None else tokens
+        return cls(num_experts=cfg.num_experts, k=cfg.top_k, tokens=tokens, dim=cfg.dim,
                    hidden=cfg.expert_hidden, num_tasks=cfg.num_tasks,
                    num_layers=len(cfg.moe_blocks), compute=compute, **kwargs)
 
@@ -188,18 +191,21 @@ class MoELayerConfig:
         return {name: getattr(self, name) for name in SHAPE_FIELDS}
 
     @staticmethod
-    def shape_of(cfg):
-        """The MoE shape of a :class:`golden.config.ModelConfig`, as a dict."""
+    def shape_of(cfg, tokens=None):
+        """The MoE shape of a :class:`golden.config.ModelConfig`, as a dict (``tokens``: the
+        tokens of one pass, when the layer runs on tiles; default all)."""
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"cfg must be a ModelConfig, not {cfg!r}")
-        return {"tokens": cfg.tokens, "dim": cfg.dim, "hidden": cfg.expert_hidden,
+        return {"tokens": cfg.tokens if tokens is None else tokens, "dim": cfg.dim,
+                "hidden": cfg.expert_hidden,
                 "num_experts": cfg.num_experts, "k": cfg.top_k, "num_tasks": cfg.num_tasks,
                 "num_layers": len(cfg.moe_blocks)}
 
-    def check_model(self, cfg):
+    def check_model(self, cfg, tokens=None):
         """Raise ``ValueError`` unless the MoE shape of ``cfg`` (a
-        :class:`golden.config.ModelConfig`) lies within this configuration; return the shape."""
-        shape = self.shape_of(cfg)
+        :class:`golden.config.ModelConfig`; ``tokens`` per pass as in :meth:`shape_of`) lies
+        within this configuration; return the shape."""
+        shape = self.shape_of(cfg, tokens)
         over = [f"{name} {v} > {getattr(self, name)}" for name, v in shape.items()
                 if v > getattr(self, name)]
         if over:

@@ -55,6 +55,9 @@ def add_arguments(parser):
                              "per cycle (default: the hardware's, a bus word per stream port)")
     parser.add_argument("--stream-ports", type=int, default=None,
                         help="what-if: ports the parameter stream reads at once (1, 2 or 4)")
+    parser.add_argument("--spill-rows", type=int, default=None, metavar="T",
+                        help="run the DDR-spill program with tiles of T tokens (default: on "
+                             "chip when the model fits, else the largest tiles that fit)")
     parser.add_argument("--latency", type=int, default=100, help="DDR latency in cycles")
     parser.add_argument("--jitter", type=int, default=16, help="DDR latency jitter")
     parser.add_argument("--breakdown", action="store_true",
@@ -110,11 +113,11 @@ def run(args):
         raise ValueError("--stream-bytes is a what-if of the analytic model: it needs "
                          "--model-only and a positive number of bytes per cycle")
     qm, image = _model(cfg, args.seed)
-    cm = compile_model(qm, accel)
-    ref = twin_forward(qm, image, args.task)
+    cm = compile_model(qm, accel, spill_rows=args.spill_rows)
+    ref = twin_forward(qm, image, args.task, moe_tokens=cm.moe_tokens)
     agg = ZCU104_DDR_BYTES_PER_CYCLE
     port = min(accel.beat_bytes, agg / accel.axi_ports)
-    counts = expert_counts(qm, image, args.task)
+    counts = expert_counts(qm, image, args.task, cm.moe_tokens)
     est = estimate_frame(cm, counts=counts, latency=args.latency, ddr_bytes_per_cycle=agg,
                          port_bytes_per_cycle=port, stream_bytes_per_cycle=args.stream_bytes)
     out = {"config": cfg.name, "accel": args.accel or ("small" if cfg.name == "micro"
@@ -123,12 +126,12 @@ def run(args):
            "array": f"{accel.compute.array.rows}x{accel.compute.array.cols}",
            "load_words": accel.compute.array.load_words,
            "axi_ports": accel.axi_ports, "stream_ports": accel.stream_ports,
-           "clock_mhz": accel.clock_mhz}
+           "clock_mhz": accel.clock_mhz, "spill_rows": cm.plan.spill_rows}
     t0 = time.time()
     if args.model_only:
         from sim.program_model import ProgramModel
-        buf = bytearray(len(cm.weights) + len(cm.program) + cm.input_bytes + cm.output_bytes
-                        + 4 * 4096)
+        buf = bytearray(len(cm.weights) + len(cm.program) + cm.input_bytes
+                        + cm.output_region_bytes + 4 * 4096)
         w, p = 0, -(-len(cm.weights) // 4096) * 4096
         i = p + -(-len(cm.program) // 4096) * 4096
         o = i + -(-cm.input_bytes // 4096) * 4096
@@ -151,15 +154,15 @@ def run(args):
         ddr_bytes = est.ddr_bytes
     else:
         from sim.driver import AmaranthBackend, Driver, VerilatorBackend
-        size = -(-(len(cm.weights) + len(cm.program) + cm.input_bytes + cm.output_bytes
-                   + 6 * 4096) // (1 << 20)) << 20
+        size = -(-(len(cm.weights) + len(cm.program) + cm.input_bytes
+                   + cm.output_region_bytes + 6 * 4096) // (1 << 20)) << 20
         ddr = dict(ddr_size=size, latency=args.latency, jitter=args.jitter, seed=args.seed,
                    bytes_per_cycle=port, max_outstanding=16)
         backend = (AmaranthBackend(accel, **ddr) if args.backend == "amaranth"
                    else VerilatorBackend(accel, **ddr))
         setup = time.time() - t0
         drv = Driver(backend, frame_timeout=20 * est.cycles + 100_000)
-        drv.load_model(qm)
+        drv.load_model(qm, spill_rows=args.spill_rows)
         drv.set_task(args.task)
         drv.clear_counters()
         t1, c1 = time.time(), backend.cycles
