@@ -663,8 +663,9 @@ def compile_model(qm, config, *, spill_rows=None):
         spill_bytes = 3 * H * n * hw * WB
         tiles = [(t0, min(t0 + T, n)) for t0 in range(0, n, T)]
 
-        def x_io(op, t0, t1, addr=plan.x):
-            prog.emit(op, base=Base.OUTPUT, offset=t0 * wd * WB, addr=addr,
+        def x_io(op, t0, t1):
+            """Rows ``t0 … t1 − 1`` of the token matrix, between DDR and the tile's ``x``."""
+            prog.emit(op, base=Base.OUTPUT, offset=t0 * wd * WB, addr=plan.x,
                       words=(t1 - t0) * wd)
 
         def part_io(op, j, t0, t1, addr):

@@ -290,6 +290,14 @@ def test_functional_model_checks():
         with pytest.raises(ProgramFault, match=what) as info:
             mem.run(pm, img, 0)
         assert info.value.code == ErrorCode.PROGRAM_ERROR
+    mem.write(mem.p + at, prog[at:at + isa.INSTR_BYTES])
+    # A LOAD reads INPUT, WEIGHTS or OUTPUT; a STORE writes only OUTPUT.
+    at = isa.HEADER_BYTES
+    for op, base in ((Opcode.LOAD, 3), (Opcode.STORE, Base.INPUT), (Opcode.STORE, Base.WEIGHTS)):
+        mem.write(mem.p + at, isa.encode(op, base=base, offset=0, addr=0, words=1))
+        with pytest.raises(ProgramFault, match=f"bad {op.name}") as info:
+            mem.run(pm, img, 0)
+        assert info.value.code == ErrorCode.PROGRAM_ERROR
 
 
 def test_refusals():
@@ -400,6 +408,18 @@ def saturating(qm):
         b2 = qm[f"blocks.{blk}.b2"]
         b2[...] = np.where(np.arange(len(b2)) < 2, big, -big // 4)[:, None]
     return qm
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(1, MICRO.tokens), st.integers(0, MICRO.num_tasks - 1), st.integers(0, 3))
+def test_spilled_tiles_of_any_size(rows, task, seed):
+    """Any tile size, task and image, on the model whose MoE additions saturate: the spilled
+    program equals the twin with the tiles' MoE passes."""
+    qm = saturating(random_model(MICRO, seed))
+    cm = compile_model(qm, SMALL, spill_rows=rows)
+    img = random_image(MICRO, seed)
+    assert np.array_equal(Memory(cm).run(ProgramModel(SMALL), img, task),
+                          twin_forward(qm, img, task, moe_tokens=rows))
 
 
 def test_spilled_moe_runs_a_pass_per_tile():

@@ -23,6 +23,7 @@ from hdl.regmap import ACCEL_ID, ErrorCode
 from hdl.top import Accelerator
 from sim.driver import AmaranthBackend, Driver
 from sim.harness import unelaborated
+from test_compiler import saturating
 
 torch = pytest.importorskip("torch")
 from golden.checkpoint import init_model, seeded_image  # noqa: E402  (needs torch)
@@ -156,7 +157,6 @@ def test_micro_frames_spilled_to_ddr(micro, abuf_depth, spill_rows, image):
     on a buffer too small for micro's on-chip plan (tiles of 3), and forced with tiles of 2 on
     the small configuration. The MoE layers are made to saturate, so that the frame equals the
     twin with the tiles' MoE passes and not the one-pass twin; each frame exact."""
-    from test_compiler import saturating
     qm = saturating(quantize_params(init_model(MICRO, 7).state_dict(), MICRO))
     image, task = micro[1][image], 0
     accel = SMALL.replace(compute=dataclasses.replace(SMALL.compute, abuf_depth=abuf_depth))
@@ -241,6 +241,13 @@ def test_errors_reset_and_recovery(micro3):
     bad[at:at + isa.INSTR_BYTES] = isa.encode(op, **{**f, "flags": f["flags"] | 0x80})
     be.ddr_write(alt, bytes(bad))
     run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt)
+    # A LOAD from a base that is no region, a STORE into the input (the first instruction).
+    for op, base in ((isa.Opcode.LOAD, 3), (isa.Opcode.STORE, isa.Base.INPUT)):
+        bad = bytearray(cm.program)
+        bad[isa.HEADER_BYTES:isa.HEADER_BYTES + isa.INSTR_BYTES] = isa.encode(
+            op, base=base, offset=0, addr=0, words=1)
+        be.ddr_write(alt, bytes(bad))
+        run_expect(ErrorCode.PROGRAM_ERROR, program_addr=alt)
     # A MOE whose shape is above the engine's maxima (10 experts of 4 at most: its low three
     # bits, 2, would be a valid shape), or has k = 0.
     at = next(i for i in range(isa.HEADER_BYTES, len(cm.program), isa.INSTR_BYTES)
@@ -314,8 +321,8 @@ def test_micro_frame_verilator_agrees_cycle_for_cycle(micro):
 @pytest.mark.long
 def test_zcu104_frames_verilator(micro):
     """m3vit-tiny on the zcu104 configuration, both tasks back to back, then micro's two tasks
-    on the same model, through Verilator with the DDR model at ZCU104 figures: exact against
-    the twin. (Minutes: the Verilator build of the full design, then about a million cycles
+    and a micro frame spilled to DDR on the same model, through Verilator with the DDR model
+    at ZCU104 figures: exact against the twin. (Minutes: the Verilator build of the full design, then about a million cycles
     per m3vit-tiny frame.)"""
     _verilator_or_skip()
     from sim.driver import ZCU104_DDR, VerilatorBackend
@@ -331,9 +338,15 @@ def test_zcu104_frames_verilator(micro):
         image = quantize_image(seeded_image(cfg, 1 + task), cfg)
         drv.set_task(task)
         assert np.array_equal(drv.run_frame(image), twin_forward(qm, image, task))
-    # micro on the same hardware (its MoE shape at run time, its heads of 16 padded to words).
+    # micro on the same hardware (its MoE shape at run time, its heads of 16 padded to words),
+    # on chip, then spilled to DDR in tiles of 2 tokens with saturating MoE layers.
     qm, images = micro
     drv.load_model(qm)
     for task in range(MICRO.num_tasks):
         drv.set_task(task)
         assert np.array_equal(drv.run_frame(images[task]), twin_forward(qm, images[task], task))
+    qs = saturating(quantize_params(init_model(MICRO, 7).state_dict(), MICRO))
+    cm = drv.load_model(qs, spill_rows=2)
+    ref = twin_forward(qs, images[0], 0, moe_tokens=cm.moe_tokens)
+    assert not np.array_equal(ref, twin_forward(qs, images[0], 0))
+    assert np.array_equal(drv.run_frame(images[0]), ref)
