@@ -147,18 +147,18 @@ def test_micro_frame_on_a_banked_buffer(micro):
     assert np.array_equal(out, ref), f"first difference at {np.argwhere(out != ref)[:3].tolist()}"
 
 
-@pytest.mark.parametrize("abuf_depth, spill_rows, image", [
+@pytest.mark.parametrize("abuf_depth, spill_rows, which", [
     (192, None, 0),
     pytest.param(256, 2, 1, marks=pytest.mark.slow),
 ])
-def test_micro_frames_spilled_to_ddr(micro, abuf_depth, spill_rows, image):
+def test_micro_frames_spilled_to_ddr(micro, abuf_depth, spill_rows, which):
     """The DDR-spill program (hdl.compiler): the token matrix in the output region, q, k and v
     after it, the work in tiles of rows, the MoE layer a pass per tile. Chosen by the compiler
     on a buffer too small for micro's on-chip plan (tiles of 3), and forced with tiles of 2 on
     the small configuration. The MoE layers are made to saturate, so that the frame equals the
     twin with the tiles' MoE passes and not the one-pass twin; each frame exact."""
     qm = saturating(quantize_params(init_model(MICRO, 7).state_dict(), MICRO))
-    image, task = micro[1][image], 0
+    image, task = micro[1][which], 0
     accel = SMALL.replace(compute=dataclasses.replace(SMALL.compute, abuf_depth=abuf_depth))
     be = AmaranthBackend(accel, ddr_size=1 << 20, latency=30, jitter=8, p_addr_stall=0.1,
                          seed=11)
@@ -322,8 +322,8 @@ def test_micro_frame_verilator_agrees_cycle_for_cycle(micro):
 def test_zcu104_frames_verilator(micro):
     """m3vit-tiny on the zcu104 configuration, both tasks back to back, then micro's two tasks
     and a micro frame spilled to DDR on the same model, through Verilator with the DDR model
-    at ZCU104 figures: exact against the twin. (Minutes: the Verilator build of the full design, then about a million cycles
-    per m3vit-tiny frame.)"""
+    at ZCU104 figures: exact against the twin. (Minutes: the Verilator build of the full
+    design, then about a million cycles per m3vit-tiny frame.)"""
     _verilator_or_skip()
     from sim.driver import ZCU104_DDR, VerilatorBackend
     cfg = get_config("m3vit-tiny")
