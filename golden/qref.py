@@ -35,7 +35,7 @@ from . import tables
 
 __all__ = ["matmul_exact", "linear", "softmax", "softmax_detail", "softmax_scale_int",
            "exp2_neg", "gelu", "gelu_detail", "layernorm", "layernorm_stats", "rsqrt",
-           "reciprocal", "route", "topk", "reorder", "expert_order"]
+           "reciprocal", "route", "topk", "reorder", "reorder_passes", "expert_order"]
 
 
 def _check_fmt(name, fmt):
@@ -431,3 +431,17 @@ def reorder(idx, scores, num_experts):
             out[e] = (e, tok[order], scores[tok[order], slot[order]])
     counts = [len(out[e][1]) if e in out else 0 for e in range(num_experts)]
     return [out[e] for e in expert_order(counts)]
+
+
+def reorder_passes(idx, scores, num_experts, tokens_per_pass=None):
+    """:func:`reorder` of each pass of an MoE layer run on consecutive tiles of
+    ``tokens_per_pass`` tokens (``None``: one pass of every token): a list with, per pass, its
+    ``(expert, tokens, scores)`` in the order of the tile's own counts, ``tokens`` indices into
+    the whole matrix."""
+    idx = np.asarray(idx)
+    scores = np.asarray(scores)
+    n = len(idx)
+    step = n if tokens_per_pass is None else tokens_per_pass
+    return [[(e, tok + t0, s) for e, tok, s in reorder(idx[t0:t0 + step], scores[t0:t0 + step],
+                                                      num_experts)]
+            for t0 in range(0, n, step)]

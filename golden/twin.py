@@ -220,10 +220,8 @@ def twin_forward(qm, image_q, task, taps=None, route_override=None, moe_tokens=N
             tap(f"block{i}.router_probs", probs)
             tap(f"block{i}.topk_idx", idx)
             tap(f"block{i}.topk_scores", scores)
-            for t0 in range(0, cfg.tokens, moe_tokens):
-                tile = slice(t0, t0 + moe_tokens)
-                for e, tokens, s in qref.reorder(idx[tile], scores[tile], cfg.num_experts):
-                    tokens = np.asarray(tokens) + t0
+            for one_pass in qref.reorder_passes(idx, scores, cfg.num_experts, moe_tokens):
+                for e, tokens, s in one_pass:
                     hid = qref.linear(u[tokens], qm[b + "w1"][e], qm[b + "b1"][e],
                                       x_fmt=nx.ln_out, w_fmt=nx.weight, out_fmt=nx.hidden,
                                       numerics=nx, gelu=True)

@@ -398,14 +398,20 @@ def _limits(cfg, config, rows=None):
     return out
 
 
+def _row_words(cfg, L):
+    """Words per row of a head (padded to whole words), of q, k, v or the attention output, of
+    a token, of the scores, of the hidden layer and of a patch, on ``L`` lanes."""
+    hw = _ceil(cfg.head_dim, L)
+    return (hw, cfg.heads * hw, _ceil(cfg.dim, L), _ceil(cfg.tokens, L),
+            _ceil(cfg.mlp_hidden, L), _ceil(cfg.patch_dim, L))
+
+
 def _plan(cfg, config):
     c = config.compute
     L = config.lanes
-    n, d = cfg.tokens, cfg.dim
-    hw = _ceil(cfg.head_dim, L)                 # words of a head (padded to whole words)
-    wa = cfg.heads * hw                         # a row of q, k, v or the attention output
-    wd, wq, ws = _ceil(d, L), 3 * wa, _ceil(n, L)
-    wh, wp = _ceil(cfg.mlp_hidden, L), _ceil(cfg.patch_dim, L)
+    n = cfg.tokens
+    hw, wa, wd, ws, wh, wp = _row_words(cfg, L)
+    wq = 3 * wa                                 # a row of qkv
     x, u = 0, n * wd
     shared = 2 * n * wd
     # Attention: the two score areas, qkv between them; the second one moves to the next bank
@@ -437,10 +443,8 @@ def _spill_plan(cfg, config, rows):
     scores and attention output), the tile's hidden layer, its patches, and the MoE engine's
     scratch for a tile."""
     L = config.lanes
-    n, d = cfg.tokens, cfg.dim
-    hw = _ceil(cfg.head_dim, L)
-    wa, wd, ws = cfg.heads * hw, _ceil(d, L), _ceil(n, L)
-    wh, wp = _ceil(cfg.mlp_hidden, L), _ceil(cfg.patch_dim, L)
+    n = cfg.tokens
+    hw, wa, wd, ws, wh, wp = _row_words(cfg, L)
     x, u, shared = 0, rows * wd, 2 * rows * wd
     q = shared
     k = q + rows * hw

@@ -79,15 +79,12 @@ def expert_counts(qm, image_q, task, moe_tokens=None):
     from golden.twin import twin_forward
     taps = {}
     twin_forward(qm, image_q, task, taps, moe_tokens=moe_tokens)
-    n = qm.cfg.tokens
-    step = moe_tokens or n
     out = []
     for blk in qm.cfg.moe_blocks:
         idx = taps[f"block{blk}.topk_idx"]
-        for t0 in range(0, n, step):
-            tile = idx[t0:t0 + step]
-            out.append([len(t) for _, t, _ in qref.reorder(tile, np.zeros_like(tile),
-                                                            qm.cfg.num_experts)])
+        for one_pass in qref.reorder_passes(idx, np.zeros_like(idx), qm.cfg.num_experts,
+                                            moe_tokens):
+            out.append([len(t) for _, t, _ in one_pass])
     return out
 
 

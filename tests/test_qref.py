@@ -321,6 +321,28 @@ def test_reorder_is_a_counting_sort(tokens, experts, data):
     assert pairs == {(t, int(e)) for t in range(tokens) for e in idx[t]}
 
 
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 8), st.integers(1, 41), st.data())
+def test_reorder_passes_tile_the_tokens(tokens, experts, tile, data):
+    """One pass per tile of ``tile`` tokens, each the reorder of its own tokens (global
+    indices, the tile's own expert order); no tile size is one pass of all."""
+    k = data.draw(st.integers(1, experts))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    idx = np.stack([rng.permutation(experts)[:k] for _ in range(tokens)])
+    scores = rng.integers(0, 1 << 15, size=(tokens, k))
+    passes = qref.reorder_passes(idx, scores, experts, tile)
+    starts = range(0, tokens, tile)
+    assert len(passes) == len(starts)
+    for t0, got in zip(starts, passes):
+        want = qref.reorder(idx[t0:t0 + tile], scores[t0:t0 + tile], experts)
+        assert [e for e, _, _ in got] == [e for e, _, _ in want]
+        for (_, tok, sc), (_, wtok, wsc) in zip(got, want):
+            assert np.array_equal(tok, wtok + t0) and np.array_equal(sc, wsc)
+    whole = qref.reorder_passes(idx, scores, experts)
+    assert len(whole) == 1
+    assert [e for e, _, _ in whole[0]] == [e for e, _, _ in qref.reorder(idx, scores, experts)]
+
+
 @settings(max_examples=200, derandomize=True, deadline=None)
 @given(st.lists(st.integers(0, 130), min_size=1, max_size=64))
 def test_expert_order_interleaves_large_and_small(counts):
