@@ -101,10 +101,11 @@ class AccelConfig:
     watchdog_cycles : int
         An instruction that runs longer than this stops the frame with a program error, and a
         drain after an abort longer than this resets the datapath anyway (never hang).
-    moe_weight_slots : int
-        Half-expert slots of the MoE engine's weight buffer
-        (:attr:`hdl.moe.layer.MoELayerConfig.weight_slots`), at least 2: 4 holds two experts,
-        each slot more lets the expert fetch run half an expert further ahead.
+    moe_weight_bytes : int or None
+        Bytes of the MoE engine's expert-weight ring
+        (:attr:`hdl.moe.layer.MoELayerConfig.weight_buffer_bytes`): at least the largest half
+        expert of ``model``; the fetch runs as far ahead of the experts' products as it holds.
+        ``None``: two of ``model``'s experts.
     """
 
     compute: ComputeConfig
@@ -123,7 +124,7 @@ class AccelConfig:
     max_outstanding: int = 8
     weight_fifo_words: int = 64
     watchdog_cycles: int = 1 << 22
-    moe_weight_slots: int = 4
+    moe_weight_bytes: int = None
 
     def __post_init__(self):
         if not isinstance(self.compute, ComputeConfig):
@@ -170,7 +171,8 @@ class AccelConfig:
         check_int("max_outstanding", self.max_outstanding)
         check_int("weight_fifo_words", self.weight_fifo_words, 2)
         check_int("watchdog_cycles", self.watchdog_cycles, 1024)
-        check_int("moe_weight_slots", self.moe_weight_slots, 2)
+        if self.moe_weight_bytes is not None:
+            check_int("moe_weight_bytes", self.moe_weight_bytes)
         L = a.buffer_lanes
         for name, lanes in (("the softmax", self.numerics.softmax_lanes),
                             ("the LayerNorm", self.ln_lanes)):
@@ -189,14 +191,11 @@ class AccelConfig:
                 raise ValueError(f"{what} ({bits} bits) and the parameter stream's "
                                  f"{sw}-bit words ({self.stream_ports} ports × {dw} bits) must "
                                  f"divide one another")
-        c, mdl = self.compute, self.model
+        mdl = self.model
         if self.softmax_max_len < mdl.num_experts:
             raise ValueError(f"softmax_max_len ({self.softmax_max_len}) must be at least the "
                              f"model's {mdl.num_experts} experts: one softmax unit serves the "
                              f"attention rows and the router's")
-        if mdl.tokens > c.max_m:
-            raise ValueError(f"the MoE engine's model {mdl.name} has {mdl.tokens} tokens, above "
-                             f"compute.max_m = {c.max_m}")
         # Building the sub-configurations validates them.
         self.layernorm
         self.softmax
@@ -251,7 +250,7 @@ class AccelConfig:
                                         ports=self.moe_ports, addr_width=self.axi_addr_width,
                                         max_burst_beats=self.max_burst_beats,
                                         max_outstanding=self.max_outstanding,
-                                        weight_slots=self.moe_weight_slots)
+                                        weight_buffer_bytes=self.moe_weight_bytes)
 
     @property
     def load_ports(self):
@@ -269,11 +268,13 @@ class AccelConfig:
     def moe(self):
         """The :class:`~hdl.moe.layer.MoELayerConfig` of the MoE layer engine."""
         from .moe.layer import MoELayerConfig
-        return MoELayerConfig.for_model(self.model, self.compute, data_width=self.axi_data_width,
+        return MoELayerConfig.for_model(self.model, self.compute,
+                                        tokens=min(self.model.tokens, self.compute.max_m),
+                                        data_width=self.axi_data_width,
                                         ports=self.moe_ports, addr_width=self.axi_addr_width,
                                         max_burst_beats=self.max_burst_beats,
                                         max_outstanding=self.max_outstanding,
-                                        weight_slots=self.moe_weight_slots)
+                                        weight_buffer_bytes=self.moe_weight_bytes)
 
     @property
     def param_ports(self):
@@ -324,10 +325,10 @@ class AccelConfig:
 
 ACCEL_PRESETS = {
     "zcu104": AccelConfig(
-        ComputeConfig(ArrayConfig(32, 32, load_words=2), max_m=256, max_k=768, max_n=768,
+        ComputeConfig(ArrayConfig(32, 32, load_words=2), max_m=256, max_k=1536, max_n=1536,
                       abuf_depth=8192, gelu=True),
-        model="m3vit-tiny", ln_lanes=32, axi_ports=4, weight_fifo_words=128,
-        moe_weight_slots=5),
+        model="m3vit-small", ln_lanes=32, softmax_max_len=1025, axi_ports=4,
+        weight_fifo_words=128, moe_weight_bytes=640 * 1024),
     "small": AccelConfig(
         ComputeConfig(ArrayConfig(16, 4, load_words=2), max_m=8, max_k=768, max_n=128,
                       abuf_depth=256, gelu=True),

@@ -214,32 +214,49 @@ def estimate_frame(cm, *, counts=None, latency=100, ddr_bytes_per_cycle=None,
                      + tokens * mc.logit_words + sm_lat + 3 * cfg.num_experts
                      + tokens * cfg.top_k)
             # Experts in order: half g of the job list (job g // 2's fc1 parts when g is even,
-            # its fc2 parts when odd) is fetched when the DMA is free and half g − S is
-            # released (S = the DMA's half-expert slots; an fc1 half when its job's FC1 is
-            # done, an fc2 half when its job is); a job's products are fed while its weights
-            # arrive, so it ends at the later of its own compute time and its fetch plus a pass
-            # and the drain. (A fetch that waited pays the DDR latency.)
+            # its fc2 parts when odd) follows half g − 1 in the DMA's ring of C words (per
+            # port); it is fetched when the DMA is free and, up to its end, once the halves
+            # that end C words before are released (an fc1 half when its job's FC1 is done, an
+            # fc2 half when its job is): it starts when its first chunk fits and ends no
+            # sooner than its last one fits. A job's products are fed while its weights
+            # arrive, so it ends at the later of its own compute time and its fetch plus a
+            # pass and the drain. (A fetch that waited pays the DDR latency.)
             fc1_bytes = lay.part_bytes("fc1_b") + lay.part_bytes("fc1_w")
             fetch1, fetch2 = fc1_bytes / moe_bw, (expert - fc1_bytes) / moe_bw
+            ring, h_words, chunk = c.moe.ring_words, mc.halves_words, mc.max_burst_beats
             dma_free, ends, fc1_ends = route, [], []
-            S = mc.weight_slots
 
-            def released(g):
-                if g < 0:
+            def half_end(g):
+                """Ring position (per port) where half g ends."""
+                return (g // 2 + 1) * sum(h_words) if g % 2 else g // 2 * sum(h_words) + h_words[0]
+
+            def fits(pos):
+                """When the ring has room up to ``pos``: once the first half ending at or past
+                ``pos − C`` is released."""
+                if pos <= ring:
                     return route
+                g = 0
+                while half_end(g) < pos - ring:
+                    g += 1
                 return ends[g // 2] if g % 2 else fc1_ends[g // 2]
+
+            def fetch_half(g, ready, duration):
+                s = max(ready, fits((half_end(g - 1) if g else 0) + chunk))
+                end = max(s + duration, fits(half_end(g)))
+                return end + (latency if g == 0 or s > ready else 0)
 
             for j, n in enumerate(layer_counts):
                 comp = moe_engine.expert_cycles(n)
-                s1 = max(dma_free, released(2 * j - S))
-                half = s1 + fetch1 + (latency if j == 0 or s1 > dma_free else 0)
-                s2 = max(half, released(2 * j + 1 - S))
-                fetched = s2 + fetch2 + (latency if s2 > half else 0)
-                dma_free = fetched
                 start = ends[-1] if ends else route
                 tail = max(n, a.cols // a.load_words) + sm_lat
+                half = fetch_half(2 * j, dma_free, fetch1)
+                # The fc2 half may wait for this job's own FC1 (a ring smaller than an expert):
+                # FC1 ends after its compute time and its half's arrival.
+                fc1_ends.append(max(start + comp - moe_engine.fc2_cycles(n), half + tail))
+                fetched = fetch_half(2 * j + 1, half, fetch2)
+                dma_free = fetched
                 ends.append(max(start + comp, fetched + tail))
-                fc1_ends.append(ends[-1] - moe_engine.fc2_cycles(n))
+                fc1_ends[-1] = ends[-1] - moe_engine.fc2_cycles(n)
             cyc = ends[-1]
             bound = moe_engine.compute_bound_cycles(layer_counts)
             add(op.name, cyc, bound, router + expert * len(layer_counts))

@@ -27,10 +27,15 @@ def _image(lay, seed):
 def run_dma(lay, experts, *, ports=1, read_words=1, task=0, layer=0, seed=0, latency=20,
             jitter=8, bytes_per_cycle=None, compute_cycles=0, image_bytes=None, slverr=None,
             check_data=True, sim_args=None, expect_error=False, start_twice=False,
-            stream_reads=False, release_fc1=True, max_layout=None, slots=4):
+            stream_reads=False, release_fc1=True, max_layout=None, ring_halves=None):
     """Run the DMA over the image of ``lay``; with ``max_layout`` the unit is built for that
-    (larger) image and told ``lay``'s geometry at run time."""
-    dut = ExpertDMA(max_layout or lay, ports=ports, read_words=read_words, slots=slots)
+    (larger) image and told ``lay``'s geometry at run time. ``ring_halves``: a ring of that
+    many of the unit's larger half experts (default the unit's own, two experts)."""
+    ring = None
+    if ring_halves is not None:
+        half = max(ring_words_of(max_layout or lay, ports, read_words))
+        ring = int(ring_halves * half) // read_words * read_words
+    dut = ExpertDMA(max_layout or lay, ports=ports, read_words=read_words, ring_words=ring)
     image = _image(lay, seed)
     mem_size = BASE + (-(-lay.total_bytes // 4096) + 1) * 4096
     ddrs, checkers = [], []
@@ -198,52 +203,102 @@ def test_prefetch_overlaps_compute(sim_args):
     assert res["stall"] <= first_wait + 4 * 2 * fetch
 
 
-def _halves_bytes(lay, n):
-    """Bytes of an expert list's first ``n`` halves (fc1 half, fc2 half, fc1 half, …)."""
-    fc1 = lay.part_bytes("fc1_b") + lay.part_bytes("fc1_w")
-    return (n + 1) // 2 * fc1 + n // 2 * (lay.bytes_for_expert() - fc1)
+CHUNK = 16        # the DMA's chunk (its default: a maximal burst of 16 beats)
 
 
-@pytest.mark.parametrize("ports, slots", [(1, 4), (4, 4), (2, 5), (1, 2), (4, 7)])
-def test_halves_refilled_as_released(ports, slots, sim_args):
-    """Half h of the job list (job h // 2's fc1 parts when h is even, its fc2 parts when odd) is
-    fetched once half h − slots is released: when job i is about to be released (its fc1 parts
-    released, compute much slower than the fetch), exactly halves 0 … 2i + slots are in (with
-    4 slots, job i + 1 and job i + 2's fc1 parts), and every part read is the image's."""
+def _ring_parts(lay, ports, read_words):
+    """Words of each part of an expert of ``lay`` in each port's ring: its chunks per port, or
+    its words rounded up to a read with one port."""
+    out = []
+    for x in PARTS:
+        w = lay.part_words(x)
+        n = w if ports == 1 else -(-(-(-w // CHUNK)) // ports) * CHUNK
+        out.append(-(-n // read_words) * read_words)
+    return out
+
+
+def ring_words_of(lay, ports, read_words):
+    """Words of the fc1 half and the fc2 half of an expert of ``lay`` in each port's ring."""
+    r = _ring_parts(lay, ports, read_words)
+    return r[0] + r[1], r[2] + r[3]
+
+
+def _ring_bytes(lay, n_jobs, ports, read_words, free_end):
+    """Bytes the ring rule lets in while the ring is free up to ``free_end`` (per port): every
+    chunk (every part, with one port) of the first ``n_jobs`` jobs that ends there or before."""
+    res = _ring_parts(lay, ports, read_words)
+    job = sum(res)
+    total = 0
+    for j in range(n_jobs):
+        off = j * job
+        for x, r in zip(PARTS, res):
+            w = lay.part_words(x)
+            if ports == 1:
+                total += w if off + r <= free_end else 0
+            else:
+                for c in range(-(-w // CHUNK)):
+                    if off + (c // ports + 1) * CHUNK <= free_end:
+                        total += min(CHUNK, w - c * CHUNK)
+            off += r
+    return total * lay.word_bytes
+
+
+@pytest.mark.parametrize("ports, halves", [(1, 4), (4, 4), (2, 5), (1, 2), (4, 7), (2, 2.5)])
+def test_ring_refilled_as_released(ports, halves, sim_args):
+    """Job i's fc1 half, then its fc2 half, follow job i − 1 in the ring, and a chunk is fetched
+    once it fits behind what the consumer has released: when job i is about to be released (its
+    fc1 parts released, compute much slower than the fetch), exactly the chunks that end at
+    most a ring past the start of job i's fc2 half are in, and every part read is the image's.
+    (Rings of 2 to 7 half experts; with 2.5 the fetch stops inside a part.)"""
     lay = ImageLayout(num_layers=1, num_experts=8, num_tasks=1, dim=16, hidden=32)
     fetch = lay.bytes_for_expert() // lay.word_bytes
     experts = [0, 2, 3, 5, 7, 1]
     res = run_dma(lay, experts, ports=ports, latency=30, jitter=4, compute_cycles=4 * fetch,
-                  seed=ports + slots, slots=slots, sim_args=sim_args)
+                  seed=ports + int(2 * halves), ring_halves=halves, sim_args=sim_args)
+    h1, h2 = ring_words_of(lay, ports, 1)
+    ring = int(halves * max(h1, h2))
     for i, got in enumerate(res["bytes_at_release"]):
-        want = _halves_bytes(lay, min(2 * i + slots + 1, 2 * len(experts)))
+        want = _ring_bytes(lay, len(experts), ports, 1, i * (h1 + h2) + h1 + ring)
         assert got == want, (i, got, want)
     assert res["bytes"] == len(experts) * lay.bytes_for_expert()
 
 
-@pytest.mark.parametrize("slots", [4, 5])
-def test_release_alone_frees_the_fc1_parts(slots, sim_args):
+@pytest.mark.parametrize("halves", [4, 5])
+def test_release_alone_frees_the_fc1_parts(halves, sim_args):
     """A consumer that never pulses ``release_fc1`` frees each job's halves with its
-    ``release``: halves 0 … 2i + slots − 1 are in when job i is about to be released (with 4
-    slots, whole jobs in ping-pong), and nothing waits for ever."""
+    ``release``: the chunks that end at most a ring past the start of job i are in when job i is
+    about to be released (with 4 halves, whole jobs in ping-pong), and nothing waits for
+    ever."""
     lay = ImageLayout(num_layers=1, num_experts=8, num_tasks=1, dim=16, hidden=32)
     fetch = lay.bytes_for_expert() // lay.word_bytes
     experts = [1, 2, 4, 6, 7]
     res = run_dma(lay, experts, ports=2, latency=30, jitter=4, compute_cycles=4 * fetch,
-                  release_fc1=False, slots=slots, sim_args=sim_args)
+                  release_fc1=False, ring_halves=halves, sim_args=sim_args)
     assert res["bytes"] == len(experts) * lay.bytes_for_expert()
+    h1, h2 = ring_words_of(lay, 2, 1)
     for i, got in enumerate(res["bytes_at_release"]):
-        assert got == _halves_bytes(lay, min(2 * i + slots, 2 * len(experts))), (i, got)
+        want = _ring_bytes(lay, len(experts), 2, 1, i * (h1 + h2) + halves * max(h1, h2))
+        assert got == want, (i, got, want)
 
 
-@pytest.mark.parametrize("ports, read_words, slots", [(1, 1, 4), (2, 2, 5), (4, 1, 3)])
-def test_parts_stream_while_arriving(ports, read_words, slots, sim_args):
+def test_experts_larger_than_the_ring(sim_args):
+    """A run-time geometry whose expert is larger than the ring (the largest half just fits, as
+    m3vit-small's experts in the zcu104 engine's ring): every expert arrives whole and exact,
+    each fc2 half streaming in while the consumer reads it."""
+    big = ImageLayout(num_layers=1, num_experts=4, num_tasks=1, dim=32, hidden=64)
+    res = run_dma(big, [3, 0, 2], ports=2, read_words=2, latency=30, stream_reads=True,
+                  ring_halves=1, sim_args=sim_args)
+    assert res["bytes"] == 3 * big.bytes_for_expert()
+
+
+@pytest.mark.parametrize("ports, read_words, halves", [(1, 1, 4), (2, 2, 5), (4, 1, 3)])
+def test_parts_stream_while_arriving(ports, read_words, halves, sim_args):
     """A consumer that reads each word as soon as ``rd_avail`` says it is there gets the
     image's bytes (never a word of an earlier job in a reused slot, never an unwritten one)
     and starts reading parts before they are complete."""
     lay = ImageLayout(num_layers=1, num_experts=4, num_tasks=1, dim=16, hidden=64)
     res = run_dma(lay, [0, 1, 2, 3], ports=ports, read_words=read_words, latency=30,
-                  stream_reads=True, seed=ports, slots=slots, sim_args=sim_args)
+                  stream_reads=True, seed=ports, ring_halves=halves, sim_args=sim_args)
     assert res["bytes"] == 4 * lay.bytes_for_expert()
     assert res["early_reads"] > 0
 
@@ -349,7 +404,8 @@ def test_choose_ports():
 @pytest.mark.parametrize("kw, exc", [
     (dict(ports=3), ValueError), (dict(ports=8), ValueError), (dict(read_words=3), ValueError),
     (dict(read_words=32), ValueError), (dict(ports=1.0), TypeError),
-    (dict(slots=1), ValueError), (dict(slots=4.0), TypeError),
+    (dict(ring_words=1), ValueError), (dict(ring_words=4.0), TypeError),
+    (dict(read_words=2, ring_words=4 * 1024 + 1), ValueError),
 ])
 def test_bad_parameters(kw, exc):
     with pytest.raises(exc):

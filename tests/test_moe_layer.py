@@ -128,16 +128,20 @@ def test_runtime_shape(cfg, task, ports, load_words, sim_args):
     _check(res, qm, u, x, task)
 
 
-@pytest.mark.parametrize("slots, ports", [(2, 1), (5, 2)])
-def test_weight_slots(slots, ports, sim_args):
-    """A DMA buffer of two half-expert slots (one expert) or five (two and a half): the same
-    results, bit-exact, each expert fetched once."""
+@pytest.mark.parametrize("halves, ports", [(1, 2), (2, 1), (5, 2)])
+def test_weight_buffer(halves, ports, sim_args):
+    """A DMA ring of one half expert (smaller than an expert: each fc2 half streams in behind
+    its own FC1), of two (one expert) or of five: the same results, bit-exact, each expert
+    fetched once."""
     cfg = _synth_cfg(16, 2, img=48)
     qm, u, x = synthetic_case(cfg, 7, "random")
     compute = compute_config(cfg, ARRAY, ARRAY, 2)
-    engine = MoELayerConfig.for_model(cfg, compute, ports=ports, weight_slots=slots)
-    res = simulate_layer(qm, u, x, 0, 1, compute, ports=ports, latency=25, jitter=10, seed=slots,
-                         engine=engine, deadline_cycles=60_000, **sim_args)
+    lc = MoELayerConfig.for_model(cfg, compute, ports=ports)
+    nbytes = halves * max(lc.halves_words) * ports * lc.data_width // 8
+    engine = MoELayerConfig.for_model(cfg, compute, ports=ports, weight_buffer_bytes=nbytes)
+    assert engine.ring_words == halves * max(lc.halves_words)
+    res = simulate_layer(qm, u, x, 0, 1, compute, ports=ports, latency=25, jitter=10,
+                         seed=halves, engine=engine, deadline_cycles=60_000, **sim_args)
     _check(res, qm, u, x, 1)
 
 
@@ -175,6 +179,18 @@ def test_stalls_follow_the_bandwidth():
     assert slow["bit_exact"] and not slow["bandwidth_covers_compute"]
     assert slow["bottleneck"] == "ddr" and slow["stall_cycles_between_experts"] > 0
     assert slow["cycles"] >= slow["ddr_bound_cycles"]
+
+
+def test_bench_weight_ring():
+    """``python -m sim.bench moe --weight-bytes``: a ring of one half expert, smaller than an
+    expert, is still bit-exact with every expert fetched once, and the bench reports it."""
+    lc = MoELayerConfig.for_model(MICRO, compute_config(MICRO, ARRAY, ARRAY))
+    half = max(lc.halves_words) * lc.ports * lc.data_width // 8
+    out = measure("micro", rows=ARRAY, cols=ARRAY, seed=3, weight_bytes=half)
+    assert out["bit_exact"] and out["bytes_fetched"] == out["bytes_expected"]
+    assert out["weight_ring_bytes"] == half
+    with pytest.raises(ValueError, match="must hold the largest half expert"):
+        measure("micro", rows=ARRAY, cols=ARRAY, seed=3, weight_bytes=half - 64)
 
 
 def _bare_run(qm, steps, sim_args, *, slverr=None):
@@ -269,8 +285,14 @@ def test_config_validation():
         MoELayerConfig(**{**base, "ports": 8})
     with pytest.raises(ValueError, match="ports must be a power of two"):
         MoELayerConfig(**{**base, "ports": 3})
-    with pytest.raises(ValueError, match=r"weight_slots must be an integer ≥ 2, not 1"):
-        MoELayerConfig(**{**base, "weight_slots": 1})
+    half = max(lc.halves_words) * lc.ports * lc.data_width // 8
+    assert MoELayerConfig(**{**base, "weight_buffer_bytes": half}).ring_words \
+        == max(lc.halves_words)
+    with pytest.raises(ValueError, match=r"weight_buffer_bytes \(\d+\) must hold the largest "
+                                         r"half expert"):
+        MoELayerConfig(**{**base, "weight_buffer_bytes": half - 1})
+    with pytest.raises(TypeError, match="weight_buffer_bytes"):
+        MoELayerConfig(**{**base, "weight_buffer_bytes": 1.5})
 
 
 def test_shared_softmax_config_errors():

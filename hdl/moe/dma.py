@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""The expert-weight DMA scheduler: AXI4 reads of each used expert's weights into a ring of
-half-expert slots, prefetching the next experts while one computes.
+"""The expert-weight DMA scheduler: AXI4 reads of each used expert's weights into a ring
+buffer, prefetching the next experts while one computes.
 
 Addresses come from the geometry of an :class:`~hdl.moe.layout.ImageLayout`, given at run time
 (:func:`geometry_layout`); the buffers are sized for the largest. The image itself is produced
@@ -19,7 +19,8 @@ from ..axi_master import AXI4ReadMaster
 from .layout import PARTS, ImageLayout
 
 
-__all__ = ["ExpertDMA", "ROUTER", "choose_ports", "geometry_layout", "geometry_of"]
+__all__ = ["ExpertDMA", "ROUTER", "choose_ports", "geometry_layout", "geometry_of",
+           "ring_halves"]
 
 #: Part number of the router region in :class:`ExpertDMA`'s read port (expert parts are
 #: numbered 0..3 in :data:`hdl.moe.layout.PARTS` order).
@@ -52,6 +53,25 @@ def geometry_of(layout):
     g["part_words"] = [layout.part_words(x) for x in PARTS + ("router",)]
     g["part_offsets"] = [layout.part_offsets[x] for x in PARTS]
     return g
+
+
+def _ring_part_words(words, ports, chunk_words, read_words):
+    """Words a part of ``words`` bus words takes in each port's ring: its chunks per port (of
+    ``chunk_words``), or with one port its words rounded up to a whole read."""
+    if ports == 1:
+        n = words
+    else:
+        n = -(-(-(-words // chunk_words)) // ports) * chunk_words
+    return -(-n // read_words) * read_words
+
+
+def ring_halves(layout, *, ports, chunk_words, read_words):
+    """Words of an expert of ``layout`` in each port's ring of :class:`ExpertDMA`: its fc1 half
+    (the fc1 parts) and its fc2 half."""
+    if not isinstance(layout, ImageLayout):
+        raise TypeError(f"layout must be an ImageLayout, not {layout!r}")
+    return tuple(sum(_ring_part_words(layout.part_words(x), ports, chunk_words, read_words)
+                     for x in PARTS if x.startswith(h)) for h in ("fc1", "fc2"))
 
 
 def choose_ports(weight_bytes_per_cycle, port_bytes_per_cycle, max_ports=4):
@@ -95,14 +115,17 @@ class ExpertDMA(wiring.Component):
     Then every used expert that arrives on ``experts`` (the order of
     :class:`~hdl.moe.reorder.Reorder`) becomes a *job*, fetched part by part in
     :data:`~hdl.moe.layout.PARTS` order (each bias before its weights). The buffer is a ring of
-    ``slots`` half-expert slots: job ``i``'s fc1 parts (half ``2i``) go to slot ``2i mod
-    slots``, its fc2 parts (half ``2i + 1``) to slot ``(2i + 1) mod slots``, and half ``h`` is
-    fetched once its expert is known and the consumer has released half ``h − slots`` (the fc1
-    half of a job with ``release_fc1``, its fc2 half with ``release``). With 4 slots (two
-    banks) expert ``i + 1`` is fetched while expert ``i`` computes, and the fc1 half of expert
-    ``i + 2`` while expert ``i`` computes its fc2; each slot more lets the fetch run half an
-    expert further ahead, which an expert with many tokens (long products on the same bytes)
-    leaves time for.
+    ``ring_words`` words in each port's memory, and the jobs follow one another in it: each
+    part takes ``ceil(chunks / P)`` chunks of every port's ring (its words rounded up to
+    ``read_words`` with one port), a job the sum of its four parts (its *fc1 half*, then its
+    *fc2 half*), all of the run-time geometry. A chunk is fetched once its expert is known and
+    its place in the ring is free: the consumer has released everything up to ``ring_words``
+    words before the chunk's end (the fc1 half of a job with ``release_fc1``, the whole job
+    with ``release``). So the fetch runs as far ahead as the ring allows, whatever the experts'
+    size: the experts of a small model many at once, those of a large one (an expert larger
+    than the ring) a half at a time while the consumer works through the other half. The ring
+    must hold the largest half of ``layout`` (the consumer releases a half only once it has
+    read all of it).
 
     The consumer names the job it works on (``job``) and sees which of its four parts are
     complete (``ready``); when it is done with the job's fc1 parts it pulses ``release_fc1``,
@@ -123,7 +146,7 @@ class ExpertDMA(wiring.Component):
     Buffers
     -------
     One memory per port, ``read_words`` bus words wide (each write fills one bus-word lane),
-    holding the ``slots`` half-expert slots and the router. The read port (``rd_*``) returns
+    holding the ring and, after it, the router. The read port (``rd_*``) returns
     ``read_words`` consecutive bus words of a part of job ``job`` one cycle after the address;
     word ``w`` of a part lives in port ``(w / chunk_words) mod P``'s memory, so consecutive
     reads may come from different ports.
@@ -139,8 +162,8 @@ class ExpertDMA(wiring.Component):
     Parameters
     ----------
     layout : ImageLayout
-        The largest image's geometry: it sizes the buffers (``slots`` halves of its expert's
-        parts and its router) and is the default ``geometry``.
+        The largest image's geometry: it sizes the router buffer and the least ring (its
+        larger half expert) and is the default ``geometry``.
     ports : int
         AXI4 read managers, 1, 2 or 4.
     addr_width : int
@@ -153,8 +176,10 @@ class ExpertDMA(wiring.Component):
         Bus words per read of the buffer (a power of two ≤ ``chunk_words``).
     chunk_words : int or None
         Interleave granule with P > 1, a power of two (default ``max_burst_beats``).
-    slots : int
-        Half-expert slots of the buffer, at least 2 (4: two whole experts).
+    ring_words : int or None
+        Bus words of the ring in each port's memory, a multiple of ``read_words`` of at least
+        :attr:`half_words` (the largest half expert). ``None``: ``4 · half_words`` (two of
+        ``layout``'s experts).
 
     Members
     -------
@@ -175,13 +200,15 @@ class ExpertDMA(wiring.Component):
     router_ready : Out(1)
         The router buffer holds the task's router.
     job : In(range(E))
-        The job (index into the used-expert order) the consumer works on.
+        The job (index into the used-expert order) the consumer works on: the oldest one it has
+        not released (reads address that job's place in the ring).
     ready : Out(4)
-        Bit ``p``: part ``p`` of job ``job`` is complete in its slot.
+        Bit ``p``: part ``p`` of job ``job`` is complete in the ring.
     release_fc1 : In(1)
-        Pulse: the consumer is done with the fc1 parts of job ``job`` (frees their slot).
+        Pulse: the consumer is done with the fc1 parts of job ``job`` (frees their words). A
+        consumer that never pulses it needs a ring that holds a whole expert.
     release : In(1)
-        Pulse: the consumer is done with job ``job`` (frees its slots, fc1 parts included).
+        Pulse: the consumer is done with job ``job`` (frees its words, fc1 parts included).
     want, want_part : In(1), In(range(4))
         The consumer waits for part ``want_part`` of job ``job`` in this cycle.
     rd_part : In(range(5)), rd_addr : In(...)
@@ -208,7 +235,7 @@ class ExpertDMA(wiring.Component):
     """
 
     def __init__(self, layout, *, ports=1, addr_width=32, max_burst_beats=16, max_outstanding=8,
-                 read_words=1, chunk_words=None, slots=4):
+                 read_words=1, chunk_words=None, ring_words=None):
         if not isinstance(layout, ImageLayout):
             raise TypeError(f"layout must be an ImageLayout, not {layout!r}")
         check_pow2("ports", ports)
@@ -225,8 +252,6 @@ class ExpertDMA(wiring.Component):
                              f"({chunk_words})")
         if chunk_words * (layout.data_width // 8) > 4096:
             raise ValueError(f"chunk_words ({chunk_words}) × the bus word must fit one 4 KiB page")
-        check_int("slots", slots, 2)        # an fc1 and an fc2 half
-        self._slots = slots
         self._layout = layout
         self._ports = ports
         self._addr_width = addr_width
@@ -234,6 +259,14 @@ class ExpertDMA(wiring.Component):
         self._max_outstanding = max_outstanding
         self._read_words = read_words
         self._chunk_words = chunk_words
+        if ring_words is None:
+            ring_words = 4 * self.half_words
+        check_int("ring_words", ring_words)
+        if ring_words < self.half_words or ring_words % read_words:
+            raise ValueError(f"ring_words ({ring_words}) must be a multiple of read_words "
+                             f"({read_words}) of at least {self.half_words}, the largest half "
+                             f"expert's words in each port's memory")
+        self._ring_words = ring_words
         E = layout.num_experts
         bus_sig = AXI4Signature(addr_width=addr_width, data_width=layout.data_width, id_width=1)
         members = {
@@ -293,9 +326,9 @@ class ExpertDMA(wiring.Component):
         return self._chunk_words
 
     @property
-    def slots(self):
-        """Half-expert slots of the buffer."""
-        return self._slots
+    def ring_words(self):
+        """Bus words of the ring in each port's memory."""
+        return self._ring_words
 
     @property
     def buses(self):
@@ -324,10 +357,8 @@ class ExpertDMA(wiring.Component):
 
     def _local_words(self, part):
         """Words reserved for ``part`` in each port's memory (a multiple of read_words)."""
-        n = -(-self._chunks(part) // self._ports) * self._chunk_words
-        if self._ports == 1:
-            n = self._part_words(part)
-        return -(-n // self._read_words) * self._read_words
+        return _ring_part_words(self._part_words(part), self._ports, self._chunk_words,
+                                self._read_words)
 
     @staticmethod
     def _half(part):
@@ -335,26 +366,25 @@ class ExpertDMA(wiring.Component):
         return 0 if PARTS[part].startswith("fc1") else 1
 
     @property
-    def part_bases(self):
-        """Word offset of each part (0..3) in its half-expert slot of a port memory, then the
-        router's (after the slots)."""
-        out, off = [], [0, 0]
-        for part in range(len(PARTS)):
-            out.append(off[self._half(part)])
-            off[self._half(part)] += self._local_words(part)
-        out.append(self._slots * self.slot_words)
-        return out
+    def halves_words(self):
+        """Words of ``layout``'s fc1 half expert and of its fc2 half in each port's ring."""
+        return ring_halves(self._layout, ports=self._ports, chunk_words=self._chunk_words,
+                           read_words=self._read_words)
 
     @property
-    def slot_words(self):
-        """Words of one half-expert slot in each port's memory (the larger half's)."""
-        return max(sum(self._local_words(p) for p in range(len(PARTS)) if self._half(p) == h)
-                   for h in (0, 1))
+    def half_words(self):
+        """Words of ``layout``'s larger half expert in each port's ring."""
+        return max(self.halves_words)
+
+    @property
+    def job_words(self):
+        """Words of one of ``layout``'s experts in each port's ring."""
+        return sum(self.halves_words)
 
     @property
     def memory_words(self):
-        """Words (bus words) of each port's memory."""
-        return self._slots * self.slot_words + self._local_words(ROUTER)
+        """Words (bus words) of each port's memory: the ring, then the router."""
+        return self._ring_words + self._local_words(ROUTER)
 
     @property
     def max_part_rwords(self):
@@ -363,7 +393,7 @@ class ExpertDMA(wiring.Component):
 
     @property
     def buffer_bytes(self):
-        """On-chip buffer bytes (all ports): the slots and the router."""
+        """On-chip buffer bytes (all ports): the ring and the router."""
         return self._ports * self.memory_words * self._layout.word_bytes
 
     def fetch_cycles(self, bytes_per_cycle):
@@ -397,6 +427,7 @@ class ExpertDMA(wiring.Component):
         aw = self._addr_width
         n_parts = len(PARTS)
         max_words = [self._part_words(x) for x in range(n_parts + 1)]
+        logcw, logR, logP = exact_log2(cw), exact_log2(R), exact_log2(P)
 
         # -- start: latch the geometry and the arguments, and check them ------------------------
         gi = self.geometry
@@ -450,26 +481,6 @@ class ExpertDMA(wiring.Component):
         with m.If(self.start):
             m.d.sync += [n_known.eq(0), released.eq(0), released1.eq(0)]
 
-        # The fc1 parts of a job are free once released on their own or with the whole job.
-        fc1_free = Mux(released1 > released, released1, released)
-        S = self._slots
-
-        def slot_free(job, part):
-            """Job ``job``'s half of ``part`` (half ``g = 2·job + h``) may be fetched: half
-            ``g − S`` is released. That half is job ``job − c``'s fc1 half when ``g − S`` is
-            even, its fc2 half when odd (the parity and ``c`` do not depend on ``job``)."""
-            h = self._half(part)
-            odd = (h - S) % 2
-            c = (S - h + odd) // 2
-            return job < (released if odd else fc1_free) + c
-
-        def slot_bases(job):
-            """Word offsets of job ``job``'s two slots (its fc1 half, its fc2 half) in a port
-            memory."""
-            return [Array(Const(((2 * j + h) % S) * self.slot_words,
-                                range(S * self.slot_words + 1)) for j in range(E + 1))[job]
-                    for h in (0, 1)]
-
         # Run-time chunks of each part and the length of its last chunk, of the latched
         # geometry and (for the write side's first part at start) of the input.
         chunks, tails, in_chunking = [], [], []
@@ -480,8 +491,50 @@ class ExpertDMA(wiring.Component):
             m.d.comb += [chunks[x].eq(c_), tails[x].eq(t_)]
             in_chunking.append(self._chunking(gi.part_words[x]))
 
+        # The ring (same places in every port's memory): each part of a job takes `res` words
+        # (its chunks per port, or its words rounded up to a read with one port), at `off` in
+        # the job; a job takes J words, its fc1 half H1. Positions are counted from the layer's
+        # start (`abs`, never wrapping) for the free-space check, and kept modulo C for the
+        # memory addresses.
+        C = self._ring_words
+        JMAX = self.job_words
+        res = []
+        for x in range(n_parts):
+            r_ = Signal(range(self._local_words(x) + 1), name=f"res{x}")
+            if P == 1:
+                m.d.comb += r_.eq(((geo.part_words[x] + (R - 1)) >> logR) << logR)
+            else:
+                m.d.comb += r_.eq(((chunks[x] + (P - 1)) >> logP) << logcw)
+            res.append(r_)
+        off = [Signal(range(JMAX + 1), name=f"off{x}") for x in range(n_parts)]
+        m.d.comb += [off[0].eq(0), off[1].eq(res[0]), off[2].eq(res[0] + res[1]),
+                     off[3].eq(off[2] + res[2])]
+        H1 = off[2]
+        J = Signal(range(JMAX + 1))
+        m.d.comb += J.eq(off[3] + res[3])
+
+        def mod_ring(value, limit):
+            """``value mod C`` of a value below ``limit`` ≤ 3·C (two conditional
+            subtractions)."""
+            assert limit <= 3 * C
+            v1 = Mux(value >= C, value - C, value)
+            return Mux(v1 >= C, v1 - C, v1) if limit > 2 * C else v1
+
+        J_mod = Signal(range(C))               # J mod C (J ≤ 2·C: the ring holds a half)
+        m.d.comb += J_mod.eq(mod_ring(J, 2 * C + 1))
+        abs_t = range(E * JMAX + C + 1)
+        free_end = Signal(abs_t)               # the fetch may fill the ring up to here
+        job0 = Signal(abs_t)                   # where job `released` starts
+        rbase = Signal(range(C))               # its place in the ring
+        with m.If(self.release):
+            m.d.sync += [job0.eq(job0 + J), rbase.eq(mod_ring(rbase + J_mod, 2 * C))]
+        with m.If(self.start):
+            m.d.sync += [job0.eq(0), rbase.eq(0)]
+        # The fc1 half of job `released` is free once released (on its own; a release frees
+        # the whole job).
+        m.d.comb += free_end.eq(job0 + Mux(released1 > released, H1, 0) + C)
+
         # -- ports -----------------------------------------------------------------------------
-        bases = self.part_bases
         wjob = []            # per port: job being written
         wpart = []           # per port: part being written
         wcounts = []         # per port: words of that part written
@@ -525,6 +578,7 @@ class ExpertDMA(wiring.Component):
             cpart = Signal(range(n_parts), name=f"cpart{p}")
             cchunk = Signal(range(max(self._port_chunks(x, p) for x in range(n_parts + 1)) + 1),
                             name=f"cchunk{p}")
+            cpos = Signal(abs_t, name=f"cpos{p}")       # where job cjob starts in the ring
             job_base = Signal(aw + 1, name=f"job_base{p}")
             cmd = master.cmd
 
@@ -544,11 +598,11 @@ class ExpertDMA(wiring.Component):
 
             first_state = "ROUTER" if may_router else "WAIT"
 
-            def restart(first_state=first_state, cjob=cjob, cchunk=cchunk):
+            def restart(first_state=first_state, cjob=cjob, cchunk=cchunk, cpos=cpos):
                 # A start abandons whatever the port was doing (it is refused with an error
                 # while reads are outstanding, which would land in the new layer's buffers).
                 with m.If(self.start):
-                    m.d.sync += [cjob.eq(0), cchunk.eq(0)]
+                    m.d.sync += [cjob.eq(0), cchunk.eq(0), cpos.eq(0)]
                     m.next = first_state
                     with m.If(bad_args):
                         m.next = "IDLE"
@@ -591,8 +645,11 @@ class ExpertDMA(wiring.Component):
                                         if i + 1 < len(my_parts):
                                             return [cpart.eq(my_parts[i + 1])]
                                         m.next = "WAIT"
-                                        return [cjob.eq(cjob + 1)]
-                                    free = slot_free(cjob, x)
+                                        return [cjob.eq(cjob + 1), cpos.eq(cpos + J)]
+                                    # The chunk's end in the ring.
+                                    end = cpos + off[x] + (res[x] if P == 1
+                                                           else (cchunk + 1) << logcw)
+                                    free = end <= free_end
                                     with m.If(n_my[x] == 0):
                                         # None of this part is ours in this layer.
                                         m.d.sync += next_part()
@@ -615,6 +672,7 @@ class ExpertDMA(wiring.Component):
             data_s = master.data
             m.d.comb += data_s.ready.eq(1)
             wj = Signal(range(E + 1), name=f"wjob{p}")
+            wbase = Signal(range(C), name=f"wbase{p}")     # job wj's place in the ring
             wp = Signal(range(n_parts + 1), name=f"wpart{p}")
             wr = Signal(name=f"wrouter{p}")       # 1 while writing the router
             wcount = Signal(range(max(self._port_words(x, p) for x in range(n_parts + 1)) + 1),
@@ -638,7 +696,7 @@ class ExpertDMA(wiring.Component):
 
             in_has = [w != 0 for w in in_words]
             with m.If(self.start & ~bad_args):
-                m.d.sync += [wj.eq(0), wcount.eq(0),
+                m.d.sync += [wj.eq(0), wcount.eq(0), wbase.eq(0),
                              wr.eq(in_has[ROUTER] if may_router else 0),
                              rd.eq(~in_has[ROUTER] if may_router else 1),
                              wp.eq(first_part(in_has))]
@@ -646,18 +704,17 @@ class ExpertDMA(wiring.Component):
             got = data_s.valid & started
             local = Signal(range(self.memory_words + 1), name=f"local{p}")
             with m.If(wr):
-                m.d.comb += local.eq(bases[ROUTER] + wcount)
+                m.d.comb += local.eq(C + wcount)
                 with m.If(got):
                     m.d.comb += word_r.eq(1)
                     m.d.sync += wcount.eq(wcount + 1)
                     with m.If(wcount == pwords[ROUTER] - 1):
                         m.d.sync += [wcount.eq(0), wr.eq(0), rd.eq(1)]
             with m.Else():
-                w_slots = slot_bases(wj)
                 with m.Switch(wp):
                     for i, x in enumerate(my_parts):
                         with m.Case(x):
-                            m.d.comb += local.eq(w_slots[self._half(x)] + bases[x] + wcount)
+                            m.d.comb += local.eq(mod_ring(wbase + off[x] + wcount, 3 * C))
                             with m.If(got):
                                 m.d.comb += word_e.eq(1)
                                 m.d.sync += wcount.eq(wcount + 1)
@@ -670,6 +727,8 @@ class ExpertDMA(wiring.Component):
                                     m.d.sync += [wp.eq(first_part(has[p], later,
                                                                   first_part(has[p]))),
                                                  wj.eq(wj + wrap)]
+                                    with m.If(wrap):
+                                        m.d.sync += wbase.eq(mod_ring(wbase + J_mod, 2 * C))
             m.d.comb += [
                 w_port.addr.eq(local >> exact_log2(R)),
                 w_port.data.eq(data_s.payload.data.replicate(R)),
@@ -738,7 +797,6 @@ class ExpertDMA(wiring.Component):
         ]
 
         # -- read port -------------------------------------------------------------------------
-        logcw, logR, logP = exact_log2(cw), exact_log2(R), exact_log2(P)
         w = Signal(range(self.max_part_rwords * R + 1))
         m.d.comb += w.eq(self.rd_addr << logR)
         if P > 1:
@@ -747,12 +805,12 @@ class ExpertDMA(wiring.Component):
         else:
             sub = Const(0, 1)
             local_w = w
-        part_base = Array(Const(b, range(self.memory_words + 1)) for b in bases)[self.rd_part]
-        r_fc1, r_fc2 = slot_bases(self.job)
-        slot_off = Mux(self.rd_part == ROUTER, 0,
-                       Mux(self.rd_part >= PARTS.index("fc2_b"), r_fc2, r_fc1))
         raddr = Signal(range(self.memory_words + 1))
-        m.d.comb += raddr.eq(part_base + slot_off + local_w)
+        with m.If(self.rd_part == ROUTER):
+            m.d.comb += raddr.eq(C + local_w)
+        with m.Else():
+            part_off = Array(off)[self.rd_part[:2]]
+            m.d.comb += raddr.eq(mod_ring(rbase + part_off + local_w, 3 * C))
         sub_q = Signal(max(logP, 1))
         m.d.sync += sub_q.eq(sub)
         datas = []

@@ -25,7 +25,7 @@ from ..nonlin.softmax import Softmax
 from ..stream_util import Queue
 from ..systolic.config import ComputeConfig
 from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature, w_stream_layout
-from .dma import ROUTER, ExpertDMA, choose_ports
+from .dma import ROUTER, ExpertDMA, choose_ports, ring_halves
 from .geometry import Geometry, _ceil_div as _cdiv
 from .layout import PARTS, ImageLayout, SystolicOrder
 from .reorder import Reorder, expert_entry_layout
@@ -103,10 +103,12 @@ class MoELayerConfig:
         Longest AXI burst (16 on the ZCU104 HP ports).
     max_outstanding : int
         Bursts in flight per port.
-    weight_slots : int
-        Half-expert slots of the DMA's weight buffer (:class:`~hdl.moe.dma.ExpertDMA`), at
-        least 2; 4 holds two whole experts, each slot more lets the fetch run half an expert
-        further ahead.
+    weight_buffer_bytes : int or None
+        Bytes of the DMA's expert-weight ring (:class:`~hdl.moe.dma.ExpertDMA`, all ports
+        together; :attr:`ring_words` in each port's memory): at least the largest half expert
+        (its fc1 or its fc2 parts) of the configuration's shape. The fetch runs as far ahead
+        of the experts' products as the ring holds. ``None``: two whole experts of the
+        configuration's shape.
     """
 
     num_experts: int
@@ -123,11 +125,10 @@ class MoELayerConfig:
     addr_width: int = 32
     max_burst_beats: int = 16
     max_outstanding: int = 8
-    weight_slots: int = 4
+    weight_buffer_bytes: int = None
 
     def __post_init__(self):
         check_moe_shape(self.num_experts, self.k)
-        check_int("weight_slots", self.weight_slots, 2)     # an fc1 and an fc2 half
         for name in ("tokens", "dim", "hidden", "num_tasks", "num_layers"):
             check_int(name, getattr(self, name))
         if not isinstance(self.compute, ComputeConfig):
@@ -156,6 +157,14 @@ class MoELayerConfig:
             raise ValueError(f"ports must be 1, 2 or 4, not {self.ports!r}")
         # Validates data_width and everything else of the image.
         self.layout
+        if self.weight_buffer_bytes is not None:
+            check_int("weight_buffer_bytes", self.weight_buffer_bytes)
+            half = max(self.halves_words)
+            if self.ring_words < half:
+                raise ValueError(f"weight_buffer_bytes ({self.weight_buffer_bytes}) must hold "
+                                 f"the largest half expert: {half} bus words in each of the "
+                                 f"{self.ports} ports' rings, "
+                                 f"{half * self.ports * self.data_width // 8} bytes")
         lanes, L = self.numerics.softmax_lanes, a.buffer_lanes
         if L % lanes and lanes % L:
             raise ValueError(f"the activation buffer's {L} lanes and the softmax's {lanes} "
@@ -270,6 +279,30 @@ class MoELayerConfig:
     def scratch_words(self):
         """Words of abuf scratch the engine needs (besides ``u`` and ``x``)."""
         return self.hidden_offset + self.tokens * self.hidden_words
+
+    @property
+    def halves_words(self):
+        """Bus words of an expert's fc1 half and of its fc2 half in each port's ring of the
+        DMA."""
+        return ring_halves(self.layout, ports=self.ports, chunk_words=self.max_burst_beats,
+                           read_words=self.read_words)
+
+    @property
+    def ring_words(self):
+        """Bus words of the DMA's ring in each port's memory: ``weight_buffer_bytes`` over the
+        ports' bus words, rounded down to a whole read (default: two experts, four times the
+        larger half)."""
+        if self.weight_buffer_bytes is None:
+            return 4 * max(self.halves_words)
+        words = self.weight_buffer_bytes // (self.ports * self.data_width // 8)
+        return words - words % self.read_words
+
+    def dma(self):
+        """A new :class:`~hdl.moe.dma.ExpertDMA` of this configuration."""
+        return ExpertDMA(self.layout, ports=self.ports, addr_width=self.addr_width,
+                         max_burst_beats=self.max_burst_beats,
+                         max_outstanding=self.max_outstanding, read_words=self.read_words,
+                         ring_words=self.ring_words)
 
     @property
     def read_words(self):
@@ -570,8 +603,8 @@ class MoELayer(wiring.Component):
         ROUTE    abuf → Softmax (scale 1) → TopK → Reorder (counting sort, on chip)
         for each used expert j = 0, 1, … (qref.expert_order: the largest and the smallest
                  token counts interleaved; unused experts skipped):
-          DMA    job j's fc1 half → slot 2j mod S, its fc2 half → slot (2j+1) mod S, each
-                 once the half S before it is released (S = weight_slots; prefetch)
+          DMA    job j's fc1 half, then its fc2 half, into the ring after job j − 1's, as
+                 far ahead as the released halves leave room (weight_buffer_bytes; prefetch)
           FC1    compute unit: H = GELU(u[tokens of j]·W1ᵀ + b1)  (X rows gathered from u,
                  hidden format, contiguous in the scratch area); release its fc1 parts
           FC2    compute unit: x[tokens of j] = saturate(x[tokens] + s ⊙ (H·W2ᵀ + b2))
@@ -582,7 +615,7 @@ class MoELayer(wiring.Component):
     their scores on ``s``, both read from the reorder lists: no token row is copied.
 
     The DMA fetches the next experts while expert j computes, each used expert's weights exactly
-    once, into the ring of half-expert slots. FC1 and FC2 read their weights as they
+    once, into the ring. FC1 and FC2 read their weights as they
     arrive (each read waits only for its own words, ``ExpertDMA.rd_avail``), so the first
     expert's products start with its first weights, not after its whole fetch. No phase waits
     on a count that a routing could make wrong: one expert receiving every token, experts with no
@@ -678,10 +711,7 @@ class MoELayer(wiring.Component):
                           score_width=nx.prob.width)
         self._reorder = Reorder(num_experts=cfg.num_experts, k=cfg.k, tokens=cfg.tokens,
                                 score_width=nx.prob.width)
-        self._dma = ExpertDMA(cfg.layout, ports=cfg.ports, addr_width=cfg.addr_width,
-                              max_burst_beats=cfg.max_burst_beats,
-                              max_outstanding=cfg.max_outstanding, read_words=cfg.read_words,
-                              slots=cfg.weight_slots)
+        self._dma = cfg.dma()
         self._feeder = _Feeder(cfg)
         self._geometry = Geometry(cfg.layout)
         aw = cfg.addr_width
@@ -1148,7 +1178,7 @@ class MoELayer(wiring.Component):
 
             with m.State("FC2"):
                 # Output rows scaled by the scores and added into x at the tokens' offsets.
-                # FC1 is done with its weights: the DMA may reuse their slot.
+                # FC1 is done with its weights: the DMA may refill their words.
                 m.d.sync += issue(cmd_fc2, cur.count, hbase, xbase, k=shp.hidden, n=shp.dim,
                                   x_stride=Hw, y_stride=Wd)
                 m.d.comb += [fd.go.eq(1), fd.mode.eq(_Feeder.FC2), f_go.eq(1),
@@ -1159,7 +1189,7 @@ class MoELayer(wiring.Component):
                 cu_done_check("RELEASE")
 
             with m.State("RELEASE"):
-                # The job's weights are consumed: the DMA may reuse its fc2 slot.
+                # The job's weights are consumed: the DMA may refill its fc2 words.
                 m.d.comb += dma.release.eq(1)
                 m.d.sync += job.eq(job + 1)
                 m.next = "EXPERT"

@@ -291,7 +291,8 @@ def simulate_layer(qm, u, x, layer, task, compute, *, ports=None, latency=100, j
 
 
 def run_core(qm, u, x, layer, task, compute, *, backend="verilator", ports=None, latency=100,
-             jitter=16, bytes_per_cycle=16.0, seed=0, prior_task=None, image_bytes=None):
+             jitter=16, bytes_per_cycle=16.0, seed=0, prior_task=None, image_bytes=None,
+             weight_bytes=None):
     """Run one MoE layer on :class:`hdl.moe.core.MoECore` behind the host driver API of
     :mod:`sim.verilator`: ``backend="verilator"`` (:class:`~sim.verilator.VerilatorSim`, C++)
     or ``"amaranth"`` (:class:`~sim.verilator.AmaranthSim`).
@@ -307,7 +308,7 @@ def run_core(qm, u, x, layer, task, compute, *, backend="verilator", ports=None,
     from sim.verilator import AmaranthSim, VerilatorSim, VerilogDesign
 
     cfg = qm.cfg
-    lc = MoELayerConfig.for_model(cfg, compute, ports=ports)
+    lc = MoELayerConfig.for_model(cfg, compute, ports=ports, weight_buffer_bytes=weight_bytes)
     image, index = pack(qm, lc.data_width, order=lc.order)
     core = MoECore(lc)
     a = compute.array
@@ -420,7 +421,7 @@ def compute_config(cfg, rows, cols, load_words=1, numerics=DEFAULT_NUMERICS):
 def measure(cfg, *, task=0, seed=0, layer=0, routing="random", rows=16, cols=16, ports=None,
             load_words=1, latency=100, jitter=16, port_bytes=ZCU104_PORT_BYTES_PER_CYCLE,
             ddr_bytes=ZCU104_DDR_BYTES_PER_CYCLE, switch_from=None, backend="amaranth", qm=None,
-            u=None, x=None):
+            u=None, x=None, weight_bytes=None):
     """Simulate one MoE layer and return the bench figures (a dict); see the module doc."""
     import time
 
@@ -436,7 +437,8 @@ def measure(cfg, *, task=0, seed=0, layer=0, routing="random", rows=16, cols=16,
     if qm is None:
         qm, u, x = synthetic_case(cfg, seed, routing)
     compute = compute_config(cfg, rows, cols, load_words)
-    lc = MoELayerConfig.for_model(cfg, compute, ports=ports, port_bytes=port_bytes)
+    lc = MoELayerConfig.for_model(cfg, compute, ports=ports, port_bytes=port_bytes,
+                                  weight_buffer_bytes=weight_bytes)
     per_port = min(port_bytes, ddr_bytes / lc.ports)
     block = cfg.moe_blocks[layer]
     ref, info = moe_block_reference(qm, block, task, u, x)
@@ -444,11 +446,11 @@ def measure(cfg, *, task=0, seed=0, layer=0, routing="random", rows=16, cols=16,
     if backend == "amaranth":
         res = simulate_layer(qm, u, x, layer, task, compute, ports=lc.ports, latency=latency,
                              jitter=jitter, bytes_per_cycle=per_port, seed=seed,
-                             prior_task=switch_from)
+                             prior_task=switch_from, engine=lc)
     else:
         res = run_core(qm, u, x, layer, task, compute, backend=backend, ports=lc.ports,
                        latency=latency, jitter=jitter, bytes_per_cycle=per_port, seed=seed,
-                       prior_task=switch_from)
+                       prior_task=switch_from, weight_bytes=weight_bytes)
     wall = time.time() - t0
     dut = res["dut"]
     lay = lc.layout
@@ -489,6 +491,7 @@ def measure(cfg, *, task=0, seed=0, layer=0, routing="random", rows=16, cols=16,
         "ddr_bytes_per_cycle": round(bandwidth, 3),
         "bandwidth_covers_compute": bandwidth >= lc.weight_bytes_per_cycle,
         "ports": lc.ports,
+        "weight_ring_bytes": lc.ring_words * lc.ports * lc.data_width // 8,
         "array": f"{rows}x{cols}", "load_words": load_words,
         "data_width": lc.data_width,
         "ddr_latency": latency,
@@ -518,6 +521,9 @@ def add_arguments(parser):
                              "the cycles, as in the zcu104 configuration; default 1)")
     parser.add_argument("--ports", type=int, default=None,
                         help="AXI read ports (default: the scheduler's choice)")
+    parser.add_argument("--weight-bytes", type=int, default=None,
+                        help="bytes of the DMA's expert-weight ring, all ports (default: two "
+                             "experts; at least the largest half expert)")
     parser.add_argument("--latency", type=int, default=100, help="DDR latency in cycles")
     parser.add_argument("--jitter", type=int, default=16, help="DDR random extra latency")
     parser.add_argument("--port-bytes-per-cycle", type=float,
@@ -557,4 +563,5 @@ def run(args):
                    ports=args.ports,
                    latency=args.latency, jitter=args.jitter,
                    port_bytes=args.port_bytes_per_cycle, ddr_bytes=args.ddr_bytes_per_cycle,
-                   switch_from=args.switch_from, backend=_backend(args.backend, args.config))
+                   switch_from=args.switch_from, weight_bytes=args.weight_bytes,
+                   backend=_backend(args.backend, args.config))
