@@ -9,8 +9,11 @@ register map (:attr:`AccelConfig.regmap`). Presets:
 ``"zcu104"``
     The ZCU104 build: a 32 × 32 array (1024 DSP48E2 MACs), an 8192-word activation buffer that
     holds every token matrix of m3vit-tiny on chip, four 128-bit AXI masters (one per PS HP
-    port; the parameter stream reads ports 1 and 2 at once, 32 bytes per cycle), 300 MHz. The
-    MoE engine is built for m3vit-tiny's MoE blocks and runs any smaller MoE shape (micro's).
+    port; the parameter stream reads ports 1 and 2 at once, 32 bytes per cycle), 300 MHz. Its
+    maxima are m3vit-small's (products of K and N up to 1536, LayerNorm rows of 384, softmax
+    rows of 1025, the MoE engine at its D 384, hidden 768 and five tasks, with a 640 KiB ring
+    for the expert weights), so it runs micro, m3vit-tiny (on chip) and m3vit-small (its 1025
+    tokens in tiles through DDR) without re-elaboration.
 ``"small"``
     A 16 × 4 array (tall, so that the patch embedding's few rows are not weight-load bound),
     maxima that cover the ``micro`` model, two AXI masters: a whole micro frame in the
@@ -57,11 +60,11 @@ class AccelConfig:
         The compute unit (array, maxima, activation buffer, GELU). Its array sides must be
         powers of two (the MoE engine), its elements 16 bits wide, and it must have the GELU.
     model : str or golden.config.ModelConfig
-        The model whose MoE blocks set the MoE layer engine's maxima (token count, widths,
-        experts, top-k, tasks, MoE blocks: :class:`hdl.moe.layer.MoELayerConfig`); a model whose
-        MoE shape lies within them runs on the same hardware (the ``MOE`` instruction carries
-        its shape). Dense layers, attention and LayerNorm are programmed at run time within the
-        compute unit's maxima.
+        The model whose MoE blocks set the MoE layer engine's maxima (widths, experts, top-k,
+        tasks, MoE blocks, and its tokens up to ``compute.max_m`` a pass:
+        :class:`hdl.moe.layer.MoELayerConfig`); a model whose MoE shape lies within them runs
+        on the same hardware (the ``MOE`` instruction carries its shape). Dense layers,
+        attention and LayerNorm are programmed at run time within the compute unit's maxima.
     ln_lanes : int
         Elements per cycle of the LayerNorm unit (a power of two, at least 4).
     ln_max_len : int or None

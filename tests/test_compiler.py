@@ -524,6 +524,21 @@ def test_m3vit_tiny_on_the_functional_model():
         assert np.array_equal(mem.run(pm, img, task), twin_forward(qm, img, task))
 
 
+@pytest.mark.slow
+def test_m3vit_small_on_the_functional_model():
+    """m3vit-small compiled for the zcu104 configuration (its token matrix in tiles through DDR,
+    the MoE layer a pass per tile) equals the tiled twin (one task: a frame is about 31 G
+    multiply-accumulates, minutes in the functional model)."""
+    cfg = get_config("m3vit-small")
+    qm = random_model(cfg, 0)
+    cm = compile_model(qm, "zcu104")
+    mem = Memory(cm)
+    pm = ProgramModel(get_accel_config("zcu104"))
+    img = random_image(cfg, 3)
+    assert np.array_equal(mem.run(pm, img, 3),
+                          twin_forward(qm, img, 3, moe_tokens=cm.moe_tokens))
+
+
 def test_config_validation():
     c = SMALL.compute
     with pytest.raises(TypeError, match="ComputeConfig"):

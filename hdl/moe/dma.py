@@ -162,8 +162,8 @@ class ExpertDMA(wiring.Component):
     Parameters
     ----------
     layout : ImageLayout
-        The largest image's geometry: it sizes the router buffer and the least ring (its
-        larger half expert) and is the default ``geometry``.
+        The largest image's geometry: it sizes the router buffer and the smallest ring allowed
+        (its larger half expert), and is the default ``geometry``.
     ports : int
         AXI4 read managers, 1, 2 or 4.
     addr_width : int
