@@ -19,12 +19,15 @@ from ..axi_master import AXI4ReadMaster
 from .layout import PARTS, ImageLayout
 
 
-__all__ = ["ExpertDMA", "ROUTER", "choose_ports", "geometry_layout", "geometry_of",
-           "ring_halves"]
+__all__ = ["ExpertDMA", "ROUTER", "DEFAULT_RING_HALVES", "choose_ports", "geometry_layout",
+           "geometry_of", "ring_halves"]
 
 #: Part number of the router region in :class:`ExpertDMA`'s read port (expert parts are
 #: numbered 0..3 in :data:`hdl.moe.layout.PARTS` order).
 ROUTER = len(PARTS)
+
+#: The default ring of :class:`ExpertDMA`, in half experts of its layout: two whole experts.
+DEFAULT_RING_HALVES = 4
 
 _GEOMETRY_FIELDS = ("num_layers", "num_tasks", "num_experts", "router_stride", "expert_stride",
                     "experts_offset", "layer_stride", "total_bytes")
@@ -178,8 +181,8 @@ class ExpertDMA(wiring.Component):
         Interleave granule with P > 1, a power of two (default ``max_burst_beats``).
     ring_words : int or None
         Bus words of the ring in each port's memory, a multiple of ``read_words`` of at least
-        :attr:`half_words` (the largest half expert). ``None``: ``4 · half_words`` (two of
-        ``layout``'s experts).
+        :attr:`half_words` (the largest half expert). ``None``: :data:`DEFAULT_RING_HALVES`
+        times ``half_words`` (two of ``layout``'s experts).
 
     Members
     -------
@@ -260,7 +263,7 @@ class ExpertDMA(wiring.Component):
         self._read_words = read_words
         self._chunk_words = chunk_words
         if ring_words is None:
-            ring_words = 4 * self.half_words
+            ring_words = DEFAULT_RING_HALVES * self.half_words
         check_int("ring_words", ring_words)
         if ring_words < self.half_words or ring_words % read_words:
             raise ValueError(f"ring_words ({ring_words}) must be a multiple of read_words "

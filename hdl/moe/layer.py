@@ -25,7 +25,7 @@ from ..nonlin.softmax import Softmax
 from ..stream_util import Queue
 from ..systolic.config import ComputeConfig
 from ..systolic.unit import ComputeUnit, Error as CUError, ext_signature, w_stream_layout
-from .dma import ROUTER, ExpertDMA, choose_ports, ring_halves
+from .dma import DEFAULT_RING_HALVES, ROUTER, ExpertDMA, choose_ports, ring_halves
 from .geometry import Geometry, _ceil_div as _cdiv
 from .layout import PARTS, ImageLayout, SystolicOrder
 from .reorder import Reorder, expert_entry_layout
@@ -293,7 +293,7 @@ class MoELayerConfig:
         ports' bus words, rounded down to a whole read (default: two experts, four times the
         larger half)."""
         if self.weight_buffer_bytes is None:
-            return 4 * max(self.halves_words)
+            return DEFAULT_RING_HALVES * max(self.halves_words)
         words = self.weight_buffer_bytes // (self.ports * self.data_width // 8)
         return words - words % self.read_words
 
