@@ -318,21 +318,27 @@ def test_micro_frame_verilator_agrees_cycle_for_cycle(micro):
     assert cycles[0] == cycles[1]
 
 
+def _zcu104_verilator_driver(*, ddr_size, frame_timeout):
+    """A driver of the zcu104 configuration on the Verilator back end, with the DDR model at
+    ZCU104 figures (the aggregate rate split over the four ports)."""
+    _verilator_or_skip()
+    from sim.driver import ZCU104_DDR, VerilatorBackend
+    zcu = get_accel_config("zcu104")
+    ddr = dict(ZCU104_DDR)
+    ddr["bytes_per_cycle"] = ddr["bytes_per_cycle"] / zcu.axi_ports
+    be = VerilatorBackend(zcu, ddr_size=ddr_size, max_outstanding=16, **ddr)
+    return Driver(be, frame_timeout=frame_timeout)
+
+
 @pytest.mark.long
 def test_zcu104_frames_verilator(micro):
     """m3vit-tiny on the zcu104 configuration, both tasks back to back, then micro's two tasks
     and a micro frame spilled to DDR on the same model, through Verilator with the DDR model
     at ZCU104 figures: exact against the twin. (Minutes: the Verilator build of the full
     design, then about a million cycles per m3vit-tiny frame.)"""
-    _verilator_or_skip()
-    from sim.driver import ZCU104_DDR, VerilatorBackend
     cfg = get_config("m3vit-tiny")
-    zcu = get_accel_config("zcu104")
     qm = quantize_params(init_model(cfg, 0).state_dict(), cfg)
-    ddr = dict(ZCU104_DDR)
-    ddr["bytes_per_cycle"] = ddr["bytes_per_cycle"] / zcu.axi_ports
-    be = VerilatorBackend(zcu, ddr_size=64 << 20, max_outstanding=16, **ddr)
-    drv = Driver(be, frame_timeout=20_000_000)
+    drv = _zcu104_verilator_driver(ddr_size=64 << 20, frame_timeout=20_000_000)
     drv.load_model(qm)
     for task in range(cfg.num_tasks):
         image = quantize_image(seeded_image(cfg, 1 + task), cfg)
@@ -360,16 +366,10 @@ def test_zcu104_small_blocks_verilator():
     streaming through the DMA's ring; exact against the tiled twin for the last task. (About
     nine million cycles: a sixth of a whole m3vit-small frame, which `python -m sim.bench frame
     --config m3vit-small --backend verilator` runs in 54 M.)"""
-    _verilator_or_skip()
-    from sim.driver import ZCU104_DDR, VerilatorBackend
     cfg = dataclasses.replace(get_config("m3vit-small"), name="m3vit-small-2", depth=2)
     assert cfg.moe_blocks == (1,)
-    zcu = get_accel_config("zcu104")
     qm = quantize_params(init_model(cfg, 0).state_dict(), cfg)
-    ddr = dict(ZCU104_DDR)
-    ddr["bytes_per_cycle"] = ddr["bytes_per_cycle"] / zcu.axi_ports
-    be = VerilatorBackend(zcu, ddr_size=128 << 20, max_outstanding=16, **ddr)
-    drv = Driver(be, frame_timeout=40_000_000)
+    drv = _zcu104_verilator_driver(ddr_size=128 << 20, frame_timeout=40_000_000)
     cm = drv.load_model(qm)
     assert cm.plan.spill_rows and cm.moe_tokens == cm.plan.spill_rows
     task = cfg.num_tasks - 1
